@@ -1,0 +1,32 @@
+"""Running an absl entry point so that bad input is one line on stderr, not a traceback."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from mlp_jax.errors import UsageError
+
+USAGE_EXIT_CODE = 2
+
+
+def run(main: Callable[[Sequence[str]], None]) -> None:
+  """app.run(main), reporting a UsageError as `error: ...` and exit code 2."""
+
+  @functools.wraps(main)
+  def guarded(argv):
+    if not flags.FLAGS['verbosity'].present:
+      # JAX logs at INFO level that it found no TPU or GPU: noise on a CPU machine.
+      logging.set_verbosity(logging.WARNING)
+    try:
+      main(argv)
+    except UsageError as e:
+      print(f'error: {e}', file=sys.stderr)
+      sys.exit(USAGE_EXIT_CODE)
+
+  app.run(guarded)

@@ -1,0 +1,105 @@
+"""Where a run ran, and the JAX runtime settings the entry points apply.
+
+`describe(dataset)` is what environment.json holds: exact library versions,
+backend, devices, processes, XLA flags, the git commit of the code, and the
+checksums of the data. Two runs can only be expected to agree bit for bit when
+these agree.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import subprocess
+import sys
+from typing import Any, Dict, Optional
+
+import jax
+
+from mlp_jax.data import Dataset
+
+# Distributions whose exact versions decide the numbers a run produces.
+_VERSIONED = ('mlp_jax', 'jax', 'jaxlib', 'flax', 'optax', 'numpy', 'absl-py',
+              'orbax-checkpoint', 'tensorflow-datasets', 'scipy', 'matplotlib')
+
+CACHE_DIR_ENV = 'MLP_JAX_COMPILATION_CACHE'
+DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser('~'), '.cache', 'mlp_jax', 'xla')
+
+
+def enable_compilation_cache(cache_dir: Optional[str] = None) -> Optional[str]:
+  """Turns on JAX's persistent compilation cache, so a second run skips compiling.
+
+  The directory is `cache_dir`, else $MLP_JAX_COMPILATION_CACHE, else
+  ~/.cache/mlp_jax/xla; an empty string turns the cache off. Returns the
+  directory in use (None when off).
+  """
+  if cache_dir is None:
+    cache_dir = os.environ.get(CACHE_DIR_ENV, DEFAULT_CACHE_DIR)
+  if not cache_dir:
+    return None
+  jax.config.update('jax_compilation_cache_dir', cache_dir)
+  # Cache every program: even a one-second compile is most of this project's start-up.
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+  return cache_dir
+
+
+def _versions() -> Dict[str, Optional[str]]:
+  versions: Dict[str, Optional[str]] = {'python': platform.python_version()}
+  for name in _VERSIONED:
+    try:
+      versions[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      versions[name] = None
+  return versions
+
+
+def _git_commit() -> Optional[Dict[str, Any]]:
+  """The commit of the source tree mlp_jax was imported from, if it is a git checkout."""
+  source = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    commit = subprocess.run(['git', '-C', source, 'rev-parse', 'HEAD'], capture_output=True,
+                            text=True, timeout=10, check=True).stdout.strip()
+    dirty = subprocess.run(['git', '-C', source, 'status', '--porcelain', '--untracked-files=no'],
+                           capture_output=True, text=True, timeout=10, check=True).stdout
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return {'commit': commit, 'dirty': bool(dirty.strip())}
+
+
+def _cpu_model() -> Optional[str]:
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or None
+
+
+def describe(dataset: Optional[Dataset] = None) -> Dict[str, Any]:
+  """The facts environment.json records."""
+  devices = jax.devices()
+  info: Dict[str, Any] = {
+      'versions': _versions(),
+      'backend': jax.default_backend(),
+      'device_kind': devices[0].device_kind,
+      'device_count': jax.device_count(),
+      'local_device_count': jax.local_device_count(),
+      'process_count': jax.process_count(),
+      'process_index': jax.process_index(),
+      'xla_flags': os.environ.get('XLA_FLAGS', ''),
+      'jax_config': {name: getattr(jax.config, name) for name in (
+          'jax_enable_x64', 'jax_default_matmul_precision', 'jax_default_prng_impl',
+          'jax_compilation_cache_dir')},
+      'platform': {'system': platform.system(), 'release': platform.release(),
+                   'machine': platform.machine(), 'cpu': _cpu_model(),
+                   'cpu_count': os.cpu_count()},
+      'command': [os.path.basename(sys.executable)] + sys.argv,
+      'git': _git_commit(),
+  }
+  if dataset is not None:
+    info['data'] = {'source': dataset.source, 'sha256': dict(dataset.sha256)}
+  return info

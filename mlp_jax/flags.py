@@ -1,0 +1,49 @@
+"""The training flags, defined once for every entry point that trains.
+
+`mlp_jax.main` and `experiments.sweep` both call `define_training_flags()` at import
+and `config_from_flags()` in their main, so a flag means the same everywhere.
+"""
+
+from __future__ import annotations
+
+from absl import flags
+
+from mlp_jax.config import TrainConfig, parse_hidden_sizes
+from mlp_jax.errors import UsageError
+
+_DEFAULTS = TrainConfig()
+
+
+def define_training_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines the flags that set a TrainConfig (everything but --seed and --workdir)."""
+  flags.DEFINE_integer('epochs', _DEFAULTS.epochs, 'Passes over the training set.',
+                       flag_values=flag_values)
+  flags.DEFINE_integer('batch_size', _DEFAULTS.batch_size, 'Examples per optimizer step.',
+                       flag_values=flag_values)
+  flags.DEFINE_float('learning_rate', _DEFAULTS.learning_rate, 'Adam learning rate.',
+                     flag_values=flag_values)
+  flags.DEFINE_string('hidden_sizes', ','.join(map(str, _DEFAULTS.hidden_sizes)),
+                      'Comma-separated widths of the hidden layers.', flag_values=flag_values)
+  flags.DEFINE_integer('init_seed', None, 'If set, draw the initial parameters from this '
+                       'seed instead of --seed.', flag_values=flag_values)
+  flags.DEFINE_integer('data_seed', None, 'If set, draw the data order from this seed '
+                       'instead of --seed.', flag_values=flag_values)
+  flags.DEFINE_string('data_dir', None, 'Directory with the four MNIST IDX files (gzipped '
+                      'or raw). Default: the copy bundled with mlp_jax.', flag_values=flag_values)
+  flags.DEFINE_string('compilation_cache_dir', None, 'JAX persistent compilation cache. '
+                      'Default: $MLP_JAX_COMPILATION_CACHE or ~/.cache/mlp_jax/xla; '
+                      'empty turns it off.', flag_values=flag_values)
+
+
+def config_from_flags(seed: int, flag_values: flags.FlagValues = flags.FLAGS) -> TrainConfig:
+  """The validated TrainConfig the parsed flags describe, for `seed`."""
+  f = flag_values
+  return TrainConfig(
+      epochs=f.epochs, seed=seed, batch_size=f.batch_size, learning_rate=f.learning_rate,
+      hidden_sizes=parse_hidden_sizes(f.hidden_sizes), init_seed=f.init_seed,
+      data_seed=f.data_seed, data_dir=f.data_dir).validate()
+
+
+def reject_extra_arguments(argv) -> None:
+  if len(argv) > 1:
+    raise UsageError(f'unexpected arguments: {" ".join(argv[1:])} (flags look like --name=value)')

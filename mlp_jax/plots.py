@@ -1,0 +1,74 @@
+"""Accuracy and loss curves (matplotlib, imported only when a picture is drawn)."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+
+def _pyplot():
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def _axes_pair(title: str):
+  plt = _pyplot()
+  fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+  fig.suptitle(title)
+  acc_ax.set(title='Accuracy', xlabel='epoch', ylabel='accuracy')
+  loss_ax.set(title='Loss (mean cross-entropy)', xlabel='epoch', ylabel='loss', yscale='log')
+  for ax in (acc_ax, loss_ax):
+    ax.grid(True, alpha=0.3)
+  return plt, fig, acc_ax, loss_ax
+
+
+def plot_history(history: Mapping[str, np.ndarray], path: str, title: str) -> None:
+  """Train and test accuracy and loss of one run, per epoch, written as a PNG."""
+  plt, fig, acc_ax, loss_ax = _axes_pair(title)
+  epochs = history['epoch']
+  for split, color in (('train', 'tab:blue'), ('test', 'tab:orange')):
+    acc_ax.plot(epochs, history[f'{split}_accuracy'], color=color, label=split)
+    loss_ax.plot(epochs, history[f'{split}_loss'], color=color, label=split)
+  final = history['test_accuracy'][-1]
+  acc_ax.annotate(f'final test {final:.4f}', xy=(epochs[-1], final), xytext=(-110, -30),
+                  textcoords='offset points', arrowprops={'arrowstyle': '->'})
+  acc_ax.set_ylim(max(0.0, min(np.min(history['test_accuracy']),
+                               np.min(history['train_accuracy'])) - 0.01), 1.0005)
+  for ax in (acc_ax, loss_ax):
+    ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_band(curves: Mapping[str, np.ndarray], path: str, title: str) -> None:
+  """Curves of many runs: each run faint, the mean bold with a 95% band.
+
+  Args:
+    curves: metric name -> float[runs, epochs] for the four history metrics,
+      plus 'epoch' -> int[epochs].
+    path: PNG to write.
+    title: figure title.
+  """
+  from mlp_jax.stats import mean_ci  # pylint: disable=g-import-not-at-top
+  plt, fig, acc_ax, loss_ax = _axes_pair(title)
+  epochs = curves['epoch']
+  for split, color in (('train', 'tab:blue'), ('test', 'tab:orange')):
+    for ax, metric in ((acc_ax, f'{split}_accuracy'), (loss_ax, f'{split}_loss')):
+      values = curves[metric]
+      for run in values:
+        ax.plot(epochs, run, color=color, alpha=0.15, linewidth=0.7)
+      mean, low, high = mean_ci(values)
+      ax.plot(epochs, mean, color=color, linewidth=2,
+              label=f'{split} mean of {values.shape[0]}')
+      ax.fill_between(epochs, low, high, color=color, alpha=0.3, label=f'{split} 95% CI')
+  low_acc = min(np.min(curves['test_accuracy']), np.min(curves['train_accuracy']))
+  acc_ax.set_ylim(max(0.0, low_acc - 0.01), 1.0005)
+  for ax in (acc_ax, loss_ax):
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

@@ -1,0 +1,63 @@
+"""Console output of a training run: a line per epoch, and a progress bar on a terminal."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Optional, TextIO
+
+
+def format_seconds(seconds: float) -> str:
+  seconds = int(round(seconds))
+  if seconds < 60:
+    return f'{seconds}s'
+  minutes, seconds = divmod(seconds, 60)
+  if minutes < 60:
+    return f'{minutes}m{seconds:02d}s'
+  hours, minutes = divmod(minutes, 60)
+  return f'{hours}h{minutes:02d}m'
+
+
+class Progress:
+  """Prints a line per finished epoch to `out`; on a terminal `bar` also shows a bar.
+
+  The bar lives on the last line of the terminal and is redrawn after each epoch
+  line, so the epoch lines stay a clean log.
+  """
+
+  def __init__(self, total: int, done: int = 0, out: TextIO = sys.stdout,
+               bar: Optional[TextIO] = None):
+    self._total, self._done, self._out = total, done, out
+    self._bar = bar if bar is not None and bar.isatty() else None
+    self._start, self._start_done = time.perf_counter(), done
+
+  def line(self, text: str) -> None:
+    self._clear_bar()
+    print(text, file=self._out, flush=True)
+    self._draw_bar()
+
+  def advance(self, text: str) -> None:
+    """One more unit done; `text` is its log line."""
+    self._done += 1
+    self.line(text)
+
+  def close(self) -> None:
+    self._clear_bar()
+
+  def _clear_bar(self) -> None:
+    if self._bar:
+      self._bar.write('\r\033[K')
+      self._bar.flush()
+
+  def _draw_bar(self) -> None:
+    if not self._bar or self._done >= self._total:
+      return
+    width = 30
+    filled = int(width * self._done / self._total)
+    elapsed = time.perf_counter() - self._start
+    rate_done = self._done - self._start_done
+    eta = elapsed / rate_done * (self._total - self._done) if rate_done else float('nan')
+    eta_text = format_seconds(eta) if rate_done else '?'
+    self._bar.write(f'[{"#" * filled}{"." * (width - filled)}] {self._done}/{self._total} '
+                    f'epochs, ETA {eta_text}')
+    self._bar.flush()

@@ -1,0 +1,41 @@
+"""Shared fixtures: the dataset, and running the entry points as a user does."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='session')
+def mnist():
+  from mlp_jax.data import load_mnist
+  return load_mnist()
+
+
+@pytest.fixture(scope='session')
+def cache_dir(tmp_path_factory):
+  """One compilation cache for the session's subprocesses (a user's second run is warm too)."""
+  return str(tmp_path_factory.mktemp('xla_cache'))
+
+
+@pytest.fixture
+def run_module(cache_dir):
+  """run_module('mlp_jax.main', '--epochs=1', ...) -> CompletedProcess (text, never raises)."""
+
+  def run(module, *args, env=None, timeout=600):
+    full_env = {**os.environ, 'MLP_JAX_COMPILATION_CACHE': cache_dir, **(env or {})}
+    return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+  return run
+
+
+def without_timing(history_text):
+  """history.csv with the *_seconds columns removed: what must match bit for bit."""
+  lines = history_text.splitlines()
+  header = lines[0].split(',')
+  keep = [i for i, name in enumerate(header) if not name.endswith('_seconds')]
+  return [[row.split(',')[i] for i in keep] for row in lines]

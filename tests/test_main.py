@@ -1,0 +1,133 @@
+"""The command line as a user runs it: python -m mlp_jax.main ..."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+import mlp_jax
+from conftest import without_timing
+from mlp_jax import records
+
+
+@pytest.fixture(scope='module')
+def two_epoch_runs(tmp_path_factory, cache_dir):
+  """The same 2-epoch command run twice, each in its own workdir."""
+  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  from conftest import REPO  # pylint: disable=g-import-not-at-top
+  dirs = []
+  for name in ('a', 'b'):
+    workdir = str(tmp_path_factory.mktemp('run') / name)
+    result = subprocess.run(
+        [sys.executable, '-m', 'mlp_jax.main', '--epochs=2', '--seed=1', f'--workdir={workdir}'],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+        env={**os.environ, 'MLP_JAX_COMPILATION_CACHE': cache_dir})
+    assert result.returncode == 0, result.stderr
+    dirs.append((workdir, result))
+  return dirs
+
+
+def test_run_writes_every_record_and_learns(two_epoch_runs):
+  workdir, result = two_epoch_runs[0]
+  for name in ('config.json', 'environment.json', 'history.csv', 'params.msgpack',
+               'timing.json', 'curves.png'):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+  with open(os.path.join(workdir, 'history.csv')) as f:
+    rows = list(csv.DictReader(f))
+  assert list(rows[0]) == ['epoch', 'train_loss', 'train_accuracy', 'test_loss',
+                           'test_accuracy', 'epoch_seconds', 'eval_seconds']
+  assert [r['epoch'] for r in rows] == ['1', '2']
+  assert float(rows[-1]['test_accuracy']) >= 0.95
+  assert float(rows[1]['train_loss']) < float(rows[0]['train_loss'])
+  # The console shows one line per epoch and the final accuracy.
+  assert result.stdout.count('epoch ') == 2 and 'final test accuracy' in result.stdout
+  config = json.load(open(os.path.join(workdir, 'config.json')))
+  assert config['epochs'] == 2 and config['seed'] == 1 and config['hidden_sizes'] == [128, 128]
+  env = json.load(open(os.path.join(workdir, 'environment.json')))
+  assert env['backend'] == 'cpu' and env['device_count'] >= 1 and env['process_count'] == 1
+  assert env['versions']['jax'] and env['versions']['flax'] and env['versions']['optax']
+  assert env['data']['sha256']['train-images-idx3-ubyte'].startswith('ba891046')
+
+
+def test_same_command_twice_is_bit_identical(two_epoch_runs):
+  (a, _), (b, _) = two_epoch_runs
+  history = [open(os.path.join(d, 'history.csv')).read() for d in (a, b)]
+  assert without_timing(history[0]) == without_timing(history[1])
+  params = [open(os.path.join(d, 'params.msgpack'), 'rb').read() for d in (a, b)]
+  assert params[0] == params[1]
+
+
+def test_load_trained_predicts_what_the_run_measured(two_epoch_runs, mnist):
+  workdir, _ = two_epoch_runs[0]
+  predict = mlp_jax.load_trained(workdir)
+  labels = predict(mnist.test_images)
+  assert labels.shape == (10000,) and labels.dtype == np.int32
+  rows = records.read_history(os.path.join(workdir, 'history.csv'))
+  assert np.mean(labels == mnist.test_labels) == float(rows[-1]['test_accuracy'])
+  with pytest.raises(ValueError, match='uint8 images of shape'):
+    predict(mnist.test_images.astype(np.float32))
+
+
+def test_load_trained_refuses_a_directory_without_a_run(tmp_path):
+  with pytest.raises(mlp_jax.errors.UsageError, match='not a run directory'):
+    mlp_jax.load_trained(str(tmp_path))
+
+
+def _bad_data_dir(tmp_path, kind):
+  import gzip, shutil  # pylint: disable=g-import-not-at-top,multiple-imports
+  from mlp_jax import data  # pylint: disable=g-import-not-at-top
+  if kind == 'missing':
+    return str(tmp_path / 'does-not-exist')
+  for name in data.CANONICAL_SHA256:
+    shutil.copy(os.path.join(data.BUNDLED_DIR, name + '.gz'), tmp_path)
+  if kind == 'empty':
+    for name in os.listdir(tmp_path):
+      os.remove(tmp_path / name)
+  elif kind == 'truncated':
+    path = tmp_path / 't10k-images-idx3-ubyte.gz'
+    path.write_bytes(path.read_bytes()[:5000])
+  elif kind == 'checksum':
+    path = tmp_path / 't10k-labels-idx1-ubyte.gz'
+    content = bytearray(gzip.decompress(path.read_bytes()))
+    content[-1] = (content[-1] + 1) % 10
+    path.write_bytes(gzip.compress(bytes(content)))
+  return str(tmp_path)
+
+
+@pytest.mark.parametrize('args, expected', [
+    (['--epochs=-1'], '--epochs'),
+    (['--epochs=abc'], '--epochs'),
+    (['--batch_size=0'], '--batch_size'),
+    (['--batch_size=60001'], 'larger than the training set'),
+    (['--learning_rate=-0.1'], '--learning_rate'),
+    (['--hidden_sizes=0'], '--hidden_sizes'),
+    (['--hidden_sizes=abc'], '--hidden_sizes'),
+    (['--no_such_flag=1'], 'no_such_flag'),
+    (['stray_argument'], 'unexpected arguments'),
+    ('data_dir:missing', 'no such directory'),
+    ('data_dir:empty', 'holds none of the four'),
+    ('data_dir:truncated', 't10k-images-idx3-ubyte.gz: truncated'),
+    ('data_dir:checksum', 't10k-labels-idx1-ubyte.gz: content checksum mismatch'),
+])
+def test_bad_input_is_one_clear_line_and_writes_nothing(args, expected, tmp_path, run_module):
+  if isinstance(args, str):
+    data_dir = tmp_path / 'data'
+    data_dir.mkdir()
+    args = [f'--data_dir={_bad_data_dir(data_dir, args.split(":")[1])}']
+  workdir = tmp_path / 'run'
+  result = run_module('mlp_jax.main', '--epochs=1', f'--workdir={workdir}', *args)
+  assert result.returncode != 0
+  assert expected in result.stderr
+  assert 'Traceback' not in result.stderr
+  assert len(result.stderr.strip().splitlines()) <= 2, result.stderr  # message (+ absl's help hint)
+  assert not workdir.exists()
+
+
+def test_existing_run_is_not_overwritten(two_epoch_runs, run_module):
+  workdir, _ = two_epoch_runs[1]
+  before = {n: open(os.path.join(workdir, n), 'rb').read() for n in os.listdir(workdir)}
+  result = run_module('mlp_jax.main', '--epochs=1', f'--workdir={workdir}')
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
+  assert {n: open(os.path.join(workdir, n), 'rb').read() for n in os.listdir(workdir)} == before
