@@ -51,8 +51,10 @@ class Dataset:
     train_labels: uint8[60000]
     test_images: uint8[10000, 28, 28]
     test_labels: uint8[10000]
-    sha256: decompressed-content SHA-256 of each file, keyed by canonical name.
-    source: the directory the files were read from.
+    sha256: SHA-256 of each file's content, keyed by file name (for MNIST IDX
+      files, of the decompressed content, keyed by canonical name).
+    source: where the data was read from.
+    num_classes: number of label values.
   """
   train_images: np.ndarray
   train_labels: np.ndarray
@@ -60,6 +62,7 @@ class Dataset:
   test_labels: np.ndarray
   sha256: Dict[str, str]
   source: str
+  num_classes: int = 10
 
 
 def parse_idx(content: bytes, name: str = '<bytes>') -> np.ndarray:
