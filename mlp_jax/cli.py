@@ -10,13 +10,14 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from mlp_jax.errors import UsageError
+from mlp_jax.errors import Interrupted, UsageError
 
 USAGE_EXIT_CODE = 2
 
 
 def run(main: Callable[[Sequence[str]], None]) -> None:
-  """app.run(main), reporting a UsageError as `error: ...` and exit code 2."""
+  """app.run(main), reporting a UsageError as `error: ...` and exit code 2, and a
+  stop on a signal as its message and exit code 128 + signal number."""
 
   @functools.wraps(main)
   def guarded(argv):
@@ -28,5 +29,8 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
     except UsageError as e:
       print(f'error: {e}', file=sys.stderr)
       sys.exit(USAGE_EXIT_CODE)
+    except Interrupted as e:
+      print(str(e), file=sys.stderr)
+      sys.exit(e.exit_code)
 
   app.run(guarded)

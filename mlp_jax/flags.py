@@ -10,12 +10,14 @@ from absl import flags
 
 from mlp_jax.config import TrainConfig, parse_hidden_sizes
 from mlp_jax.errors import UsageError
+from mlp_jax.run import RunOptions
 
 _DEFAULTS = TrainConfig()
+_RUN_DEFAULTS = RunOptions()
 
 
 def define_training_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-  """Defines the flags that set a TrainConfig (everything but --seed and --workdir)."""
+  """Defines the flags that set a TrainConfig (all but --seed, which differs per entry point)."""
   flags.DEFINE_integer('epochs', _DEFAULTS.epochs, 'Passes over the training set.',
                        flag_values=flag_values)
   flags.DEFINE_integer('batch_size', _DEFAULTS.batch_size, 'Examples per optimizer step.',
@@ -30,6 +32,19 @@ def define_training_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                        'instead of --seed.', flag_values=flag_values)
   flags.DEFINE_string('data_dir', None, 'Directory with the four MNIST IDX files (gzipped '
                       'or raw). Default: the copy bundled with mlp_jax.', flag_values=flag_values)
+
+
+def define_run_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines the flags of how a run is carried out (RunOptions), which change no number."""
+  flags.DEFINE_integer('checkpoint_every', _RUN_DEFAULTS.checkpoint_every,
+                       'Save a checkpoint every N epochs (and after the last); 0: none.',
+                       flag_values=flag_values)
+  flags.DEFINE_integer('keep_checkpoints', _RUN_DEFAULTS.keep_checkpoints,
+                       'How many of the newest checkpoints to keep per seed.',
+                       flag_values=flag_values)
+  flags.DEFINE_bool('overwrite', False, 'Start over in a workdir that holds a run with '
+                    'other settings (its records and checkpoints are deleted).',
+                    flag_values=flag_values)
   flags.DEFINE_string('compilation_cache_dir', None, 'JAX persistent compilation cache. '
                       'Default: $MLP_JAX_COMPILATION_CACHE or ~/.cache/mlp_jax/xla; '
                       'empty turns it off.', flag_values=flag_values)
@@ -42,6 +57,14 @@ def config_from_flags(seed: int, flag_values: flags.FlagValues = flags.FLAGS) ->
       epochs=f.epochs, seed=seed, batch_size=f.batch_size, learning_rate=f.learning_rate,
       hidden_sizes=parse_hidden_sizes(f.hidden_sizes), init_seed=f.init_seed,
       data_seed=f.data_seed, data_dir=f.data_dir).validate()
+
+
+def run_options_from_flags(flag_values: flags.FlagValues = flags.FLAGS,
+                           **sweep_options) -> RunOptions:
+  """The validated RunOptions the parsed flags describe (plus any sweep-only options)."""
+  f = flag_values
+  return RunOptions(checkpoint_every=f.checkpoint_every, keep_checkpoints=f.keep_checkpoints,
+                    overwrite=f.overwrite, **sweep_options).validate()
 
 
 def reject_extra_arguments(argv) -> None:

@@ -1,7 +1,8 @@
 """Train the MLP on MNIST: `python -m mlp_jax.main --epochs=100 --seed=0`.
 
-Writes config.json, environment.json, history.csv, params.msgpack, timing.json and
-curves.png into --workdir (default: a new folder under runs/).
+Writes config.json, environment.json, history.csv, params.msgpack, timing.json,
+curves.png and checkpoints/ into --workdir (default: a new folder under runs/).
+Running the same command again on the same workdir resumes an interrupted run.
 """
 
 import time
@@ -12,10 +13,12 @@ _STARTED = time.perf_counter()
 from absl import flags
 
 from mlp_jax import cli, environment
-from mlp_jax.flags import config_from_flags, define_training_flags, reject_extra_arguments
+from mlp_jax.flags import (config_from_flags, define_run_flags, define_training_flags,
+                           reject_extra_arguments, run_options_from_flags)
 from mlp_jax.run import train_and_evaluate
 
 define_training_flags()
+define_run_flags()
 flags.DEFINE_integer('seed', 0, 'The run\'s seed: initialisation and data order.')
 flags.DEFINE_string('workdir', None, 'Where to write the run\'s records. Default: a new '
                     'folder runs/<time>-seed<seed>.')
@@ -25,8 +28,9 @@ FLAGS = flags.FLAGS
 def main(argv):
   reject_extra_arguments(argv)
   config = config_from_flags(FLAGS.seed)
+  options = run_options_from_flags()
   environment.enable_compilation_cache(FLAGS.compilation_cache_dir)
-  train_and_evaluate(config, FLAGS.workdir, started=_STARTED)
+  train_and_evaluate(config, FLAGS.workdir, options, started=_STARTED)
 
 
 if __name__ == '__main__':

@@ -25,21 +25,25 @@ class Progress:
   line, so the epoch lines stay a clean log.
   """
 
-  def __init__(self, total: int, done: int = 0, out: TextIO = sys.stdout,
+  def __init__(self, total: int, unit: str = 'epochs', out: TextIO = sys.stdout,
                bar: Optional[TextIO] = None):
-    self._total, self._done, self._out = total, done, out
+    self._total, self._unit, self._done, self._out = total, unit, 0, out
     self._bar = bar if bar is not None and bar.isatty() else None
-    self._start, self._start_done = time.perf_counter(), done
+    self._start, self._start_done = time.perf_counter(), 0
 
   def line(self, text: str) -> None:
     self._clear_bar()
-    print(text, file=self._out, flush=True)
+    print(text, file=self._out, flush=True)  # a log line per unit, terminal or not
     self._draw_bar()
 
-  def advance(self, text: str) -> None:
-    """One more unit done; `text` is its log line."""
-    self._done += 1
+  def advance(self, text: str, units: int = 1) -> None:
+    """`units` more done; `text` is their log line."""
+    self._done += units
     self.line(text)
+
+  def set_done(self, done: int) -> None:
+    """Units already done before this process started (a resumed run)."""
+    self._done = self._start_done = done
 
   def close(self) -> None:
     self._clear_bar()
@@ -59,5 +63,5 @@ class Progress:
     eta = elapsed / rate_done * (self._total - self._done) if rate_done else float('nan')
     eta_text = format_seconds(eta) if rate_done else '?'
     self._bar.write(f'[{"#" * filled}{"." * (width - filled)}] {self._done}/{self._total} '
-                    f'epochs, ETA {eta_text}')
+                    f'{self._unit}, ETA {eta_text}')
     self._bar.flush()

@@ -79,18 +79,33 @@ def read_json(path: str) -> Any:
     return json.load(f)
 
 
+def _csv_text(rows: Sequence[Mapping[str, str]], header: bool,
+              fieldnames: Sequence[str] = HISTORY_COLUMNS) -> str:
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, fieldnames=fieldnames, lineterminator='\n')
+  if header:
+    writer.writeheader()
+  writer.writerows(rows)
+  return buffer.getvalue()
+
+
 def append_history(path: str, row: Mapping[str, str]) -> None:
   """Appends one row (writing the header first if the file is new), flushed to disk."""
   new = not os.path.exists(path) or os.path.getsize(path) == 0
-  buffer = io.StringIO()
-  writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, lineterminator='\n')
-  if new:
-    writer.writeheader()
-  writer.writerow(row)
   with open(path, 'a') as f:
-    f.write(buffer.getvalue())
+    f.write(_csv_text([row], header=new))
     f.flush()
     os.fsync(f.fileno())
+
+
+def write_history(path: str, rows: Sequence[Mapping[str, str]]) -> None:
+  """Writes a whole history.csv (header and rows) atomically."""
+  write_bytes_atomic(path, _csv_text(rows, header=True).encode())
+
+
+def write_csv(path: str, rows: Sequence[Mapping[str, str]]) -> None:
+  """Writes rows of strings (columns from the first row) as a CSV file, atomically."""
+  write_bytes_atomic(path, _csv_text(rows, header=True, fieldnames=list(rows[0])).encode())
 
 
 def read_history(path: str) -> List[Dict[str, str]]:

@@ -165,3 +165,23 @@ def make_trainer(config: TrainConfig, train_size: int) -> Trainer:
   return Trainer(init=init, train_epoch=train_epoch, evaluate=evaluate,
                  steps_per_epoch=steps_per_epoch,
                  examples_per_epoch=steps_per_epoch * batch_size)
+
+
+def map_over_seeds(fn: Callable[..., Any], per_seed_args: int, vmap_width: int = 1
+                   ) -> Callable[..., Any]:
+  """`fn` of one seed -> the same function of a leading seed axis, in one program.
+
+  The first `per_seed_args` arguments carry the seed axis; the rest (the data)
+  are shared. Seeds run one after another inside the compiled program
+  (`jax.lax.map`), so each seed executes exactly the computation of a run on its
+  own and gets the same bits whatever other seeds share its program.
+  `vmap_width > 1` vectorises groups of that many seeds with `jax.vmap`
+  (`lax.map(..., batch_size=vmap_width)`): faster on accelerators, but XLA picks
+  reduction orders by shape, so results then differ from single runs in the
+  last bits (measured on XLA:CPU; see the README).
+  """
+  def mapped(*args):
+    seeded, shared = args[:per_seed_args], args[per_seed_args:]
+    return jax.lax.map(lambda xs: fn(*xs, *shared), tuple(seeded),
+                       batch_size=vmap_width if vmap_width > 1 else None)
+  return mapped
