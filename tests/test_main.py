@@ -125,9 +125,25 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(args, expected, tmp_path
   assert not workdir.exists()
 
 
-def test_existing_run_is_not_overwritten(two_epoch_runs, run_module):
+def _tree_bytes(workdir):
+  return {os.path.join(d, n): open(os.path.join(d, n), 'rb').read()
+          for d, _, names in os.walk(workdir) for n in names if n != '.lock'}
+
+
+def test_run_with_other_settings_is_refused_and_left_intact(two_epoch_runs, run_module):
   workdir, _ = two_epoch_runs[1]
-  before = {n: open(os.path.join(workdir, n), 'rb').read() for n in os.listdir(workdir)}
-  result = run_module('mlp_jax.main', '--epochs=1', f'--workdir={workdir}')
-  assert result.returncode != 0 and 'Traceback' not in result.stderr
-  assert {n: open(os.path.join(workdir, n), 'rb').read() for n in os.listdir(workdir)} == before
+  before = _tree_bytes(workdir)
+  result = run_module('mlp_jax.main', '--epochs=3', '--learning_rate=0.01', '--seed=1',
+                      f'--workdir={workdir}')
+  assert result.returncode == 2 and 'Traceback' not in result.stderr
+  assert 'epochs 2 -> 3' in result.stderr and 'learning_rate 0.001 -> 0.01' in result.stderr
+  assert _tree_bytes(workdir) == before
+
+
+def test_finished_run_rerun_says_complete(two_epoch_runs, run_module):
+  workdir, _ = two_epoch_runs[1]
+  before = _tree_bytes(workdir)
+  result = run_module('mlp_jax.main', '--epochs=2', '--seed=1', f'--workdir={workdir}')
+  assert result.returncode == 0 and 'complete run' in result.stdout
+  assert 'epoch 1/2' not in result.stdout
+  assert _tree_bytes(workdir) == before
