@@ -20,20 +20,23 @@ _STARTED = time.perf_counter()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import collections
+import hashlib
 import os
 import sys
 from typing import Any, Dict, List, Sequence
 
 from absl import flags
+import jax
 import numpy as np
 
 from mlp_jax import cli, environment, plots, records, stats
+from mlp_jax.checkpoints import CHECKPOINT_DIR
 from mlp_jax.config import TrainConfig
 from mlp_jax.errors import UsageError
 from mlp_jax.flags import (config_from_flags, define_run_flags, define_training_flags,
                            reject_extra_arguments, run_options_from_flags)
 from mlp_jax.progress import Progress
-from mlp_jax.run import (EpochReport, RunOptions, SeedRun, default_workdir, load_data,
+from mlp_jax.run import (EpochReport, RunOptions, default_workdir, load_data, sync_processes,
                          train_seeds, write_timing)
 from mlp_jax.workdir import (WorkdirError, describe_os_error, lock, refuse_other_settings,
                              remove_entries)
@@ -42,7 +45,7 @@ SWEEP_FILE = 'sweep.json'
 SUMMARY_FILE = 'summary.csv'
 FINAL_FILE = 'final.csv'
 SWEEP_ENTRIES = (SWEEP_FILE, records.ENVIRONMENT_FILE, SUMMARY_FILE, FINAL_FILE,
-                 records.CURVES_FILE, records.TIMING_FILE)
+                 records.CURVES_FILE, records.TIMING_FILE, CHECKPOINT_DIR)
 
 
 def parse_seeds(text: str) -> List[int]:
@@ -72,6 +75,13 @@ def parse_seeds(text: str) -> List[int]:
 
 def seed_dir(workdir: str, seed: int) -> str:
   return os.path.join(workdir, f'seed_{seed}')
+
+
+def chunk_checkpoint_dir(workdir: str, seeds: Sequence[int]) -> str:
+  """Where the checkpoints of a chunk of seeds go: named by its seeds, so the same
+  command finds them again."""
+  digest = hashlib.sha1(','.join(map(str, seeds)).encode()).hexdigest()[:12]
+  return os.path.join(workdir, CHECKPOINT_DIR, f'seeds-{seeds[0]}-{seeds[-1]}-{digest}')
 
 
 def sweep_settings(config: TrainConfig, seeds: Sequence[int], options: RunOptions
@@ -118,33 +128,33 @@ def run_sweep(config: TrainConfig, seeds: Sequence[int], workdir: str, options: 
   dataset = load_data(config)
   env = environment.describe(dataset)
   settings = sweep_settings(config, seeds, options)
-  with lock(workdir):
+  with lock(workdir, jax.process_index()):
     sweep_path = os.path.join(workdir, SWEEP_FILE)
     try:
-      if os.path.exists(sweep_path):
+      if os.path.exists(sweep_path) and not options.overwrite:
+        refuse_other_settings(workdir, records.read_json(sweep_path), settings)
+      if jax.process_index() == 0:
         if options.overwrite:
-          remove_entries(workdir, list(SWEEP_ENTRIES) + [f'seed_{s}' for s in seeds])
-        else:
-          refuse_other_settings(workdir, records.read_json(sweep_path), settings)
-      if not os.path.exists(sweep_path):
-        records.write_json(sweep_path, settings)
-        records.write_json(os.path.join(workdir, records.ENVIRONMENT_FILE), env)
-      runs = [SeedRun(config.replace(seed=s), seed_dir(workdir, s), env, options)
-              for s in seeds]
+          remove_entries(workdir, SWEEP_ENTRIES)
+        if not os.path.exists(sweep_path):
+          records.write_json(sweep_path, settings)
+          records.write_json(os.path.join(workdir, records.ENVIRONMENT_FILE), env)
     except OSError as e:
       raise WorkdirError(describe_os_error(workdir, e)) from None
+    print(f'sweep: {len(seeds)} seeds x {config.epochs} epochs, chunks of '
+          f'{options.chunk_size} over {jax.device_count()} device(s) in '
+          f'{jax.process_count()} process(es); writing to {workdir}', flush=True)
+    progress = Progress(len(seeds) * config.epochs, unit='seed-epochs', bar=sys.stderr)
     try:
-      todo = [r for r in runs if not r.complete]
-      print(f'sweep: {len(seeds)} seeds ({len(todo)} to train) x {config.epochs} epochs, '
-            f'chunks of {options.chunk_size}, writing to {workdir}', flush=True)
-      progress = Progress(len(seeds) * config.epochs, unit='seed-epochs', bar=sys.stderr)
-      try:
-        timing = train_seeds(runs, dataset, options, sweep_line, progress, started)
-      finally:
-        progress.close()
+      timing = train_seeds([config.replace(seed=s) for s in seeds],
+                           [seed_dir(workdir, s) for s in seeds],
+                           lambda chunk: chunk_checkpoint_dir(workdir, chunk), dataset, env,
+                           options, sweep_line, progress, started)
     finally:
-      for run in runs:
-        run.close()
+      progress.close()
+    sync_processes('sweep: all seeds trained')
+    if jax.process_index() != 0:
+      return None
     try:
       if timing.seed_epochs or not os.path.exists(os.path.join(workdir, SUMMARY_FILE)):
         write_timing(os.path.join(workdir, records.TIMING_FILE), timing)
@@ -182,6 +192,7 @@ def main(argv):
   seeds = parse_seeds(FLAGS.seeds)
   config = config_from_flags(seeds[0])
   options = run_options_from_flags(chunk_size=FLAGS.chunk_size, vmap_width=FLAGS.vmap_width)
+  environment.initialize_distributed()
   environment.enable_compilation_cache(FLAGS.compilation_cache_dir)
   workdir = FLAGS.workdir or default_workdir(f'sweep{seeds[0]}')
   run_sweep(config, seeds, workdir, options, _STARTED)

@@ -1,26 +1,24 @@
-"""Per-seed checkpoints with orbax: everything needed to continue a run exactly.
+"""Checkpoints of a chunk of seeds with orbax: everything needed to continue exactly.
 
-A checkpoint of epoch e holds the seed's whole RunState after e epochs (params,
-optimizer state, epoch counter, data-order key: the RNG state) and the history
-rows of epochs 1..e as the exact strings history.csv holds. Orbax writes each
-checkpoint to a temporary directory and renames it when complete, so a crash at
-any instant leaves the previous checkpoints readable.
+A checkpoint of epoch e holds the chunk's whole RunState after e epochs, one
+global array per leaf with the seed axis split over the devices (params,
+optimizer state, epoch counter, data-order keys: the RNG state), and the list
+of seeds it holds. Every process writes the rows of its own devices (orbax's
+multi-host protocol). The history rows of epochs 1..e are in each seed's
+history.csv, written before the checkpoint; a resume keeps exactly those rows.
+
+Orbax writes each checkpoint to a temporary directory and renames it when
+complete, so a crash at any instant leaves the previous checkpoints readable.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Optional, Sequence
 
 import jax
-import numpy as np
-from flax import serialization
-
-from mlp_jax.train import RunState
 
 CHECKPOINT_DIR = 'checkpoints'
-
-Rows = List[Dict[str, str]]
 
 
 def _orbax():
@@ -29,60 +27,49 @@ def _orbax():
   return ocp
 
 
-class Checkpoints:
-  """The checkpoints of one seed's run, in `<workdir>/checkpoints/<epoch>/`.
+class ChunkCheckpoints:
+  """The checkpoints of one chunk of seeds, in `<directory>/<epoch>/`.
 
   Args:
-    workdir: the seed's run directory.
+    directory: where this chunk's checkpoints live.
+    seeds: the chunk's seeds, in row order (padding rows included); a directory
+      holding checkpoints of other seeds is not restored from.
     keep: how many of the newest checkpoints to keep.
   """
 
-  def __init__(self, workdir: str, keep: int):
+  def __init__(self, directory: str, seeds: Sequence[int], keep: int):
     ocp = _orbax()
+    self.seeds = [int(s) for s in seeds]
     self._manager = ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
+        os.path.abspath(directory),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                              enable_async_checkpointing=False))
 
   def latest_epoch(self) -> Optional[int]:
-    return self._manager.latest_step()
-
-  def save(self, state: RunState, rows: Rows) -> None:
-    """Saves a host copy of one seed's state after epoch `state.epoch`, with its rows."""
+    """The newest complete checkpoint's epoch, if it holds this chunk's seeds."""
+    latest = self._manager.latest_step()
+    if latest is None:
+      return None
     ocp = _orbax()
-    epoch = int(state.epoch)
-    tree = jax.tree.map(np.asarray, serialization.to_state_dict(state))
+    stored = self._manager.restore(latest, args=ocp.args.Composite(seeds=ocp.args.JsonRestore()))
+    return latest if stored['seeds'] == self.seeds else None
+
+  def save(self, epoch: int, states: Any) -> None:
+    """Saves the chunk's states (global arrays with a seed axis) after `epoch`."""
+    ocp = _orbax()
     self._manager.save(epoch, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(_drop_empty(tree)),
-        history=ocp.args.JsonSave({'rows': list(rows)})), force=True)
+        state=ocp.args.StandardSave(states), seeds=ocp.args.JsonSave(self.seeds)), force=True)
     self._manager.wait_until_finished()
 
-  def restore(self, template: RunState, epoch: Optional[int] = None) -> Tuple[RunState, Rows]:
-    """The state and rows saved after `epoch` (default: the latest).
-
-    `template` is any RunState of the same structure (e.g. a fresh init); its
-    values are not used.
-    """
+  def restore(self, epoch: int, like: Any) -> Any:
+    """The states saved after `epoch`, placed and typed as the arrays of `like`."""
     ocp = _orbax()
-    epoch = self.latest_epoch() if epoch is None else epoch
-    tree = jax.tree.map(np.asarray, serialization.to_state_dict(template))
+    abstract = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), like)
     restored = self._manager.restore(epoch, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_drop_empty(tree)), history=ocp.args.JsonRestore()))
-    state = serialization.from_state_dict(template, _refill_empty(tree, restored['state']))
-    return state, restored['history']['rows']
+        state=ocp.args.StandardRestore(abstract)))
+    # Orbax hands back plain containers; put the leaves back into RunState's structure.
+    return jax.tree.unflatten(jax.tree.structure(like), jax.tree.leaves(restored['state']))
 
   def close(self) -> None:
     self._manager.close()
-
-
-def _drop_empty(tree):
-  """Orbax stores no empty subtrees (optax's EmptyState); leave them out."""
-  if isinstance(tree, dict):
-    return {k: _drop_empty(v) for k, v in tree.items() if not (isinstance(v, dict) and not v)}
-  return tree
-
-
-def _refill_empty(template, restored):
-  if isinstance(template, dict):
-    return {k: _refill_empty(v, restored.get(k, {})) for k, v in template.items()}
-  return restored

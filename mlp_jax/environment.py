@@ -45,6 +45,27 @@ def enable_compilation_cache(cache_dir: Optional[str] = None) -> Optional[str]:
   return cache_dir
 
 
+def initialize_distributed() -> None:
+  """Joins JAX's distributed runtime when this process is one of several.
+
+  launch.sh sets COORDINATOR_ADDRESS (host:port), NUM_PROCESSES and PROCESS_ID
+  (from its own --local_processes, from SLURM's variables, or passed through);
+  MLP_JAX_DISTRIBUTED=auto lets JAX detect the cluster itself (TPU pod slices).
+  With neither, this is a single process and nothing happens.
+  """
+  address = os.environ.get('COORDINATOR_ADDRESS')
+  if address:
+    if jax.config.jax_platforms in (None, '', 'cpu') or 'cpu' in str(jax.config.jax_platforms):
+      # CPU devices of different processes talk through gloo (the default has no
+      # cross-process collectives).
+      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(coordinator_address=address,
+                               num_processes=int(os.environ['NUM_PROCESSES']),
+                               process_id=int(os.environ['PROCESS_ID']))
+  elif os.environ.get('MLP_JAX_DISTRIBUTED') == 'auto':
+    jax.distributed.initialize()
+
+
 def _versions() -> Dict[str, Optional[str]]:
   versions: Dict[str, Optional[str]] = {'python': platform.python_version()}
   for name in _VERSIONED:

@@ -23,9 +23,10 @@ import jax
 import numpy as np
 
 from mlp_jax import environment, plots, records
-from mlp_jax.checkpoints import CHECKPOINT_DIR, Checkpoints
+from mlp_jax.checkpoints import CHECKPOINT_DIR, ChunkCheckpoints
 from mlp_jax.config import TrainConfig
 from mlp_jax.data import Dataset, load_mnist
+from mlp_jax.mesh import SeedMesh
 from mlp_jax.errors import Interrupted, UsageError
 from mlp_jax.progress import Progress
 from mlp_jax.train import (RunState, epoch_metrics, make_trainer, map_over_seeds,
@@ -77,10 +78,12 @@ class DeviceData(NamedTuple):
   test_labels: jax.Array
 
 
-def to_device(dataset: Dataset) -> DeviceData:
+def to_device(dataset: Dataset, mesh: SeedMesh) -> DeviceData:
+  """The dataset replicated on every device of the mesh, images as uint8[N, 784]."""
   flat = lambda images: images.reshape(images.shape[0], -1)
-  return DeviceData(*jax.device_put((flat(dataset.train_images), dataset.train_labels,
-                                     flat(dataset.test_images), dataset.test_labels)))
+  return DeviceData(*(mesh.replicate(a) for a in (
+      flat(dataset.train_images), dataset.train_labels,
+      flat(dataset.test_images), dataset.test_labels)))
 
 
 def load_data(config: TrainConfig) -> Dataset:
@@ -101,33 +104,39 @@ def default_workdir(name: str) -> str:
   return path
 
 
-class SeedRun:
-  """One seed's workdir and host-side progress: its rows, checkpoints, and state.
+def is_complete(workdir: str) -> bool:
+  """A run is complete once its trained parameters are written (the last record)."""
+  return os.path.exists(os.path.join(workdir, records.PARAMS_FILE))
 
-  Opening it checks the workdir's settings, writes config.json and
-  environment.json if new, and restores the latest checkpoint if there is one
-  (rewriting history.csv from the checkpoint's rows, byte for byte).
+
+def prepare_seed_dir(config: TrainConfig, workdir: str, env: Dict[str, Any], overwrite: bool,
+                     write: bool = True) -> None:
+  """Checks a seed's workdir against `config` and, if `write`, sets it up.
+
+  A workdir holding a run with other settings is refused (WorkdirError naming
+  them) unless `overwrite`, which deletes that run's records. A new one gets
+  config.json and environment.json. With several processes only process 0
+  writes; the others only check.
   """
+  config_path = os.path.join(workdir, records.CONFIG_FILE)
+  if os.path.exists(config_path) and not overwrite:
+    refuse_other_settings(workdir, records.read_json(config_path), config.to_dict())
+  if not write:
+    return
+  if overwrite:
+    remove_entries(workdir, RUN_ENTRIES)
+  os.makedirs(workdir, exist_ok=True)
+  if not os.path.exists(config_path):
+    records.write_bytes_atomic(config_path, config.to_json().encode())
+    records.write_json(os.path.join(workdir, records.ENVIRONMENT_FILE), env)
 
-  def __init__(self, config: TrainConfig, workdir: str, env: Dict[str, Any],
-               options: RunOptions):
+
+class SeedRun:
+  """One seed's records while the driver trains it: its rows and final files."""
+
+  def __init__(self, config: TrainConfig, workdir: str):
     self.config, self.workdir = config, workdir
     self.rows: List[Dict[str, str]] = []
-    self.restored: Optional[RunState] = None
-    config_path = self._path(records.CONFIG_FILE)
-    if os.path.exists(config_path):
-      if options.overwrite:
-        remove_entries(workdir, RUN_ENTRIES)
-      else:
-        refuse_other_settings(workdir, records.read_json(config_path), config.to_dict())
-    os.makedirs(workdir, exist_ok=True)
-    if not os.path.exists(config_path):
-      records.write_bytes_atomic(config_path, config.to_json().encode())
-      records.write_json(self._path(records.ENVIRONMENT_FILE), env)
-    self.checkpoints = (Checkpoints(workdir, options.keep_checkpoints)
-                        if options.checkpoint_every else None)
-    self.checkpoint_every = options.checkpoint_every
-    self.complete = os.path.exists(self._path(records.PARAMS_FILE))
 
   def _path(self, name: str) -> str:
     return os.path.join(self.workdir, name)
@@ -136,41 +145,35 @@ class SeedRun:
   def epoch(self) -> int:
     return len(self.rows)
 
-  def resume(self, template: RunState) -> Optional[RunState]:
-    """Restores the latest checkpoint (None if there is none) and its history rows."""
-    latest = self.checkpoints.latest_epoch() if self.checkpoints else None
-    if latest is None:
-      self.rows = []
+  def keep_rows(self, epochs: int) -> None:
+    """Keeps the first `epochs` rows of history.csv byte for byte (those a checkpoint
+    covers) and drops the rest, which will be recomputed to the same bits."""
+    path = self._path(records.HISTORY_FILE)
+    rows = records.read_history(path)[:epochs] if epochs and os.path.exists(path) else []
+    if len(rows) != epochs:
+      raise WorkdirError(f'{path} has {len(rows)} rows but its checkpoint is of epoch '
+                         f'{epochs}; use --overwrite to start over')
+    self.rows = rows
+    if rows:
+      records.write_history(path, rows)
+    else:
       remove_entries(self.workdir, [records.HISTORY_FILE])
-      return None
-    state, self.rows = self.checkpoints.restore(template, latest)
-    records.write_history(self._path(records.HISTORY_FILE), self.rows)
-    return state
 
   def record(self, row: Dict[str, str]) -> None:
     self.rows.append(row)
     records.append_history(self._path(records.HISTORY_FILE), row)
 
-  def checkpoint_due(self, stopping: bool) -> bool:
-    return bool(self.checkpoints) and (
-        stopping or self.epoch == self.config.epochs or self.epoch % self.checkpoint_every == 0)
-
   def finish(self, params: Any) -> None:
-    """Writes the trained parameters and the curves: the run is complete."""
+    """Writes the curves and then the trained parameters: the run is complete."""
     plots.plot_history(records.history_columns(self.rows), self._path(records.CURVES_FILE),
                        f'MLP {self.config.hidden_sizes}, seed {self.config.seed}')
     records.save_params(self._path(records.PARAMS_FILE), params)
-    self.complete = True
-
-  def close(self) -> None:
-    if self.checkpoints:
-      self.checkpoints.close()
 
 
 @dataclasses.dataclass
 class EpochReport:
   """What the driver tells its reporter after each epoch of a chunk."""
-  seeds: List[SeedRun]                 # the chunk's seeds that trained this epoch
+  seeds: List[SeedRun]                 # this process's seeds that trained this epoch
   metrics: List[Dict[str, Any]]        # their metrics, as train.epoch_metrics returns
   epoch_seconds: float
   eval_seconds: float
@@ -179,32 +182,28 @@ class EpochReport:
 Reporter = Callable[[EpochReport], str]
 
 
-def _take(tree: Any, index: int) -> Any:
-  return jax.tree.map(lambda x: x[index], tree)
-
-
-def _stack(trees: Sequence[Any]) -> Any:
-  return jax.tree.map(lambda *xs: np.stack(xs), *trees)
-
-
 class _ChunkPrograms:
-  """The compiled programs for a chunk of C seeds, compiled once per C."""
+  """The compiled programs for a chunk of C seeds (C a multiple of the device count)."""
 
-  def __init__(self, trainer, data: DeviceData, vmap_width: int):
-    self._trainer, self._data, self._width = trainer, data, vmap_width
+  def __init__(self, trainer, data: DeviceData, mesh: SeedMesh, vmap_width: int):
+    self._trainer, self._data, self._mesh, self._width = trainer, data, mesh, vmap_width
     self._cache: Dict[int, Any] = {}
     self.compile_seconds = 0.0
 
   def get(self, size: int):
     if size not in self._cache:
       start = time.perf_counter()
-      t, d, w = self._trainer, self._data, self._width
+      t, d, m, w = self._trainer, self._data, self._mesh, self._width
+      # Initial states are made on this process's default device for the whole chunk
+      # (cheap), then each process places the rows of its own devices.
       init = jax.jit(map_over_seeds(t.init, 2, w))
       keys = jax.ShapeDtypeStruct((size, 2), np.uint32)
       states = jax.eval_shape(init, keys, keys)
-      epoch = jax.jit(map_over_seeds(t.train_epoch, 1, w), donate_argnums=0).lower(
-          states, d.train_images, d.train_labels).compile()
-      evaluate = jax.jit(map_over_seeds(t.evaluate, 1, w)).lower(
+      states = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=m.by_seed),
+                            states)
+      epoch = jax.jit(m.shard(map_over_seeds(t.train_epoch, 1, w), 1, 2),
+                      donate_argnums=0).lower(states, d.train_images, d.train_labels).compile()
+      evaluate = jax.jit(m.shard(map_over_seeds(t.evaluate, 1, w), 1, 2)).lower(
           states.params, d.test_images, d.test_labels).compile()
       self._cache[size] = (init, epoch, evaluate)
       self.compile_seconds += time.perf_counter() - start
@@ -223,111 +222,149 @@ class DriverTiming:
   total_seconds: Optional[float] = None
 
 
-def train_seeds(seed_runs: Sequence[SeedRun], dataset: Dataset, options: RunOptions,
-                reporter: Reporter, progress: Progress, started: float) -> DriverTiming:
-  """Trains every incomplete seed run to its last epoch.
+def sync_processes(name: str) -> None:
+  """Waits for every process (no-op with one)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
 
-  All runs share one config but for the seed. Seeds go in chunks of
-  `options.chunk_size`; each epoch of a chunk is one compiled call, after which
-  every seed's row is written (flushed), its checkpoint saved when due, and the
-  reporter's line printed.
+
+def _any_process(flag: bool) -> bool:
+  """True if `flag` is true on any process: all processes stop together."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+
+
+def train_seeds(configs: Sequence[TrainConfig], workdirs: Sequence[str],
+                checkpoint_dir: Callable[[Sequence[int]], str], dataset: Dataset,
+                env: Dict[str, Any], options: RunOptions, reporter: Reporter,
+                progress: Progress, started: float) -> DriverTiming:
+  """Trains every seed (configs differ only in the seed) to its last epoch.
+
+  Checks and sets up each seed's workdir (prepare_seed_dir), then trains the
+  incomplete seeds in chunks of `options.chunk_size`, split over every device
+  of every process (mlp_jax.mesh). Each epoch of a chunk is one compiled call,
+  after which every seed's row is written (flushed), the chunk's checkpoint
+  saved when due (in `checkpoint_dir(seeds of the chunk)`), and the reporter's
+  line printed. Each process writes the records of the seeds on its devices.
+  A chunk with a checkpoint resumes from it.
 
   Raises:
-    Interrupted: SIGTERM or SIGINT arrived; every seed of the chunk was
+    Interrupted: SIGTERM or SIGINT arrived (to any process); the chunk was
       checkpointed (unless checkpoints are off).
     WorkdirError: a record could not be written (e.g. disk full); what was
       written before is intact.
   """
   timing = DriverTiming()
-  todo = [r for r in seed_runs if not r.complete]
-  done_epochs = sum(r.epoch for r in seed_runs if r.complete)
-  config = todo[0].config
-  data = to_device(dataset)
-  trainer = make_trainer(config, train_size=data.train_images.shape[0])
-  programs = _ChunkPrograms(trainer, data, options.vmap_width)
-  test_size = data.test_labels.shape[0]
+  try:
+    for config, workdir in zip(configs, workdirs):
+      prepare_seed_dir(config, workdir, env, options.overwrite, write=jax.process_index() == 0)
+  except OSError as e:
+    raise WorkdirError(describe_os_error(workdir, e)) from None
+  sync_processes('mlp_jax: seed workdirs ready')
+  epochs = configs[0].epochs
+  todo = [i for i, w in enumerate(workdirs) if not is_complete(w)]
+  done_epochs = (len(configs) - len(todo)) * epochs
+  progress.set_done(done_epochs)
+  if not todo:
+    return timing
+  mesh = SeedMesh()
+  data = to_device(dataset, mesh)
+  trainer = make_trainer(configs[0], train_size=data.train_images.shape[0])
+  programs = _ChunkPrograms(trainer, data, mesh, options.vmap_width)
   with StopRequests() as stop:
     for start in range(0, len(todo), options.chunk_size):
-      chunk = todo[start:start + options.chunk_size]
-      init, train_epoch, evaluate = programs.get(len(chunk))
-      keys = [seed_keys(r.config) for r in chunk]
-      fresh = jax.device_get(init(np.stack([k[0] for k in keys]),
-                                  np.stack([k[1] for k in keys])))
-      try:
-        restored = [r.resume(_take(fresh, j)) for j, r in enumerate(chunk)]
-      except OSError as e:
-        raise WorkdirError(describe_os_error(chunk[0].workdir, e)) from None
-      done_epochs += sum(r.epoch for r in chunk)
-      progress.set_done(done_epochs)
-      resumed = [r for r in chunk if r.epoch]
-      if resumed:
-        progress.line(f'mlp_jax: resumed {len(resumed)} seed(s) from their checkpoints, '
-                      f'seed {resumed[0].config.seed} after epoch {resumed[0].epoch}')
-      states = jax.device_put(_stack([s if s is not None else _take(fresh, j)
-                                      for j, s in enumerate(restored)]))
+      members = todo[start:start + options.chunk_size]
+      size = mesh.padded(len(members))
+      # Padding rows repeat the chunk's first seed; their results are dropped.
+      padded = members + [members[0]] * (size - len(members))
+      init, train_epoch, evaluate = programs.get(size)
       timing.compile_seconds = programs.compile_seconds
-      while any(r.epoch < config.epochs for r in chunk):
-        tick = time.perf_counter()
-        if timing.startup_seconds is None:
-          timing.startup_seconds = tick - started
-        states, train_metrics = train_epoch(states, data.train_images, data.train_labels)
-        train_metrics = jax.device_get(train_metrics)
-        epoch_seconds = time.perf_counter() - tick
-        tick = time.perf_counter()
-        test_metrics = jax.device_get(evaluate(states.params, data.test_images,
-                                               data.test_labels))
-        eval_seconds = time.perf_counter() - tick
-        timing.train_seconds += epoch_seconds
-        timing.eval_seconds += eval_seconds
+      runs = {row: SeedRun(configs[members[row]], workdirs[members[row]])
+              for row in mesh.local_rows(size) if row < len(members)}
+      keys = [seed_keys(configs[i]) for i in padded]
+      states = mesh.put_seeds(jax.device_get(init(np.stack([k[0] for k in keys]),
+                                                  np.stack([k[1] for k in keys]))))
+      checkpoints = None
+      if options.checkpoint_every:
+        checkpoints = ChunkCheckpoints(checkpoint_dir([configs[i].seed for i in members]),
+                                       [configs[i].seed for i in padded],
+                                       options.keep_checkpoints)
+      try:
+        epoch = checkpoints.latest_epoch() or 0 if checkpoints else 0
         try:
-          report = _record_epoch(chunk, states, train_metrics, test_metrics,
-                                 trainer.examples_per_epoch, test_size, epoch_seconds,
-                                 eval_seconds, stopping=stop.requested is not None)
+          if epoch:
+            states = checkpoints.restore(epoch, states)
+          for run in runs.values():
+            run.keep_rows(epoch)
         except OSError as e:
-          raise WorkdirError(describe_os_error(chunk[0].workdir, e)) from None
-        timing.seed_epochs += len(report.seeds)
-        done_epochs += len(report.seeds)
-        if timing.first_epoch_done_seconds is None:
-          timing.first_epoch_done_seconds = time.perf_counter() - started
-        progress.advance(reporter(report), len(report.seeds))
-        if stop.requested:
-          raise Interrupted(_stop_message(stop.requested, chunk, options), stop.requested)
+          raise WorkdirError(describe_os_error(workdirs[members[0]], e)) from None
+        done_epochs += epoch * len(members)
+        progress.set_done(done_epochs)
+        if epoch:
+          progress.line(f'mlp_jax: resumed {len(members)} seed(s) from their checkpoint '
+                        f'after epoch {epoch}')
+        if epoch == epochs:  # the last checkpoint was written, the final records not all
+          _finish(runs, mesh.local_seeds(states))
+        while epoch < epochs:
+          tick = time.perf_counter()
+          if timing.startup_seconds is None:
+            timing.startup_seconds = tick - started
+          states, train_metrics = train_epoch(states, data.train_images, data.train_labels)
+          train_metrics = mesh.local_seeds(train_metrics)
+          epoch_seconds = time.perf_counter() - tick
+          tick = time.perf_counter()
+          test_metrics = mesh.local_seeds(evaluate(states.params, data.test_images,
+                                                   data.test_labels))
+          eval_seconds = time.perf_counter() - tick
+          epoch += 1
+          timing.train_seconds += epoch_seconds
+          timing.eval_seconds += eval_seconds
+          stopping = _any_process(stop.requested is not None)
+          report = EpochReport(list(runs.values()), [], epoch_seconds, eval_seconds)
+          try:
+            for row, run in runs.items():
+              metrics = epoch_metrics(train_metrics[row], test_metrics[row],
+                                      trainer.examples_per_epoch, data.test_labels.shape[0])
+              run.record(records.history_row(epoch, metrics, epoch_seconds, eval_seconds))
+              report.metrics.append(metrics)
+            if checkpoints and (stopping or epoch == epochs or
+                                epoch % options.checkpoint_every == 0):
+              checkpoints.save(epoch, states)
+            if epoch == epochs:
+              _finish(runs, mesh.local_seeds(states))
+          except OSError as e:
+            raise WorkdirError(describe_os_error(workdirs[members[0]], e)) from None
+          timing.seed_epochs += len(members)
+          done_epochs += len(members)
+          if timing.first_epoch_done_seconds is None:
+            timing.first_epoch_done_seconds = time.perf_counter() - started
+          if runs:
+            progress.advance(reporter(report), len(members))
+          if stopping:
+            raise Interrupted(_stop_message(stop.requested, epoch, options),
+                              stop.requested or signal.SIGTERM)
+      finally:
+        if checkpoints:
+          checkpoints.close()
   timing.total_seconds = time.perf_counter() - started
   return timing
 
 
-def _stop_message(signum: signal.Signals, chunk: List[SeedRun], options: RunOptions) -> str:
-  epoch = min(r.epoch for r in chunk)
+def _finish(runs: Dict[int, SeedRun], local_states: Dict[int, RunState]) -> None:
+  for row, run in runs.items():
+    run.finish(local_states[row].params)
+
+
+def _stop_message(signum: Optional[signal.Signals], epoch: int, options: RunOptions) -> str:
+  cause = signum.name if signum else 'a signal to another process'
   if options.checkpoint_every:
-    return (f'mlp_jax: stopped by {signum.name} after epoch {epoch}; checkpoints are '
+    return (f'mlp_jax: stopped by {cause} after epoch {epoch}; a checkpoint is '
             'saved: run the same command again to resume')
-  return (f'mlp_jax: stopped by {signum.name} after epoch {epoch}; checkpoints are '
+  return (f'mlp_jax: stopped by {cause} after epoch {epoch}; checkpoints are '
           'off (--checkpoint_every=0), so running the same command again starts over')
-
-
-def _record_epoch(chunk: List[SeedRun], states: RunState, train_metrics, test_metrics,
-                  train_examples: int, test_examples: int, epoch_seconds: float,
-                  eval_seconds: float, stopping: bool) -> EpochReport:
-  """Writes the rows (and due checkpoints and final records) of one chunk epoch."""
-  report = EpochReport([], [], epoch_seconds, eval_seconds)
-  host_states = None
-  for j, run in enumerate(chunk):
-    if run.epoch >= run.config.epochs:
-      continue  # finished before a resume put it in this chunk; its extra epoch is dropped
-    metrics = epoch_metrics(_take(train_metrics, j), _take(test_metrics, j),
-                            train_examples, test_examples)
-    run.record(records.history_row(run.epoch + 1, metrics, epoch_seconds, eval_seconds))
-    report.seeds.append(run)
-    report.metrics.append(metrics)
-    finished = run.epoch == run.config.epochs
-    if run.checkpoint_due(stopping) or finished:
-      host_states = host_states if host_states is not None else jax.device_get(states)
-      state = _take(host_states, j)
-      if run.checkpoint_due(stopping):
-        run.checkpoints.save(state, run.rows)
-      if finished:
-        run.finish(state.params)
-  return report
 
 
 def epoch_line(report: EpochReport) -> str:
@@ -365,28 +402,28 @@ def train_and_evaluate(config: TrainConfig, workdir: Optional[str] = None,
   options.validate()
   dataset = load_data(config)
   workdir = workdir or default_workdir(f'seed{config.seed}')
-  with lock(workdir):
+  with lock(workdir, jax.process_index()):
+    print(f'mlp_jax: run in {workdir}', flush=True)
+    progress = Progress(config.epochs, bar=sys.stderr)
     try:
-      run = SeedRun(config, workdir, environment.describe(dataset), options)
-    except OSError as e:
-      raise WorkdirError(describe_os_error(workdir, e)) from None
-    try:
-      if run.complete:
-        print(f'mlp_jax: {workdir} holds a complete run of {config.epochs} epochs; '
-              'nothing to do', flush=True)
-        final = records.read_history(os.path.join(workdir, records.HISTORY_FILE))[-1]
-        return {**{k: float(v) for k, v in final.items()}, 'workdir': workdir}
-      print(f'mlp_jax: writing to {workdir}', flush=True)
-      progress = Progress(config.epochs, bar=sys.stderr)
-      try:
-        timing = train_seeds([run], dataset, options, epoch_line, progress, started)
-      finally:
-        progress.close()
-      write_timing(os.path.join(workdir, records.TIMING_FILE), timing)
+      timing = train_seeds([config], [workdir],
+                           lambda seeds: os.path.join(workdir, CHECKPOINT_DIR), dataset,
+                           environment.describe(dataset), options, epoch_line, progress,
+                           started)
     finally:
-      run.close()
+      progress.close()
+    if timing.seed_epochs:
+      try:
+        write_timing(os.path.join(workdir, records.TIMING_FILE), timing)
+      except OSError as e:
+        raise WorkdirError(describe_os_error(workdir, e)) from None
   final = records.read_history(os.path.join(workdir, records.HISTORY_FILE))[-1]
-  print(f'mlp_jax: final test accuracy {float(final["test_accuracy"]):.4f} after '
-        f'{config.epochs} epochs; start-up {timing.startup_seconds:.1f}s, total '
-        f'{timing.total_seconds:.1f}s; records in {workdir}', flush=True)
+  if timing.seed_epochs:
+    print(f'mlp_jax: final test accuracy {float(final["test_accuracy"]):.4f} after '
+          f'{config.epochs} epochs; start-up {timing.startup_seconds:.1f}s, total '
+          f'{timing.total_seconds:.1f}s; records in {workdir}', flush=True)
+  else:
+    print(f'mlp_jax: {workdir} holds a complete run of {config.epochs} epochs '
+          f'(final test accuracy {float(final["test_accuracy"]):.4f}); nothing to do',
+          flush=True)
   return {**{k: float(v) for k, v in final.items()}, 'workdir': workdir}

@@ -35,11 +35,16 @@ def describe_os_error(workdir: str, error: OSError) -> str:
 
 
 @contextlib.contextmanager
-def lock(workdir: str, flag: str = '--workdir') -> Iterator[None]:
-  """Holds the workdir's lock for the duration; WorkdirError if another process has it."""
+def lock(workdir: str, process_index: int = 0, flag: str = '--workdir') -> Iterator[None]:
+  """Holds the workdir's lock for the duration; WorkdirError if another process has it.
+
+  The processes of one multi-process job each take their own lock file
+  (`.lock`, `.lock.1`, ...), so they share the workdir while a second job is refused.
+  """
+  name = LOCK_FILE if process_index == 0 else f'{LOCK_FILE}.{process_index}'
   try:
     os.makedirs(workdir, exist_ok=True)
-    fd = os.open(os.path.join(workdir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(os.path.join(workdir, name), os.O_RDWR | os.O_CREAT, 0o644)
   except OSError as e:
     raise WorkdirError(describe_os_error(workdir, e).replace('--workdir', flag, 1)) from None
   try:

@@ -162,21 +162,22 @@ def test_full_disk_leaves_the_last_checkpoint_intact(tmp_path, monkeypatch):
   from mlp_jax.run import RunOptions, train_and_evaluate  # pylint: disable=g-import-not-at-top
   from mlp_jax.workdir import WorkdirError  # pylint: disable=g-import-not-at-top
 
-  real_save = checkpoints.Checkpoints.save
+  real_save = checkpoints.ChunkCheckpoints.save
 
-  def save_until_full(self, state, rows):
-    if int(state.epoch) >= 2:
+  def save_until_full(self, epoch, states):
+    if epoch >= 2:
       raise OSError(errno.ENOSPC, 'No space left on device')
-    real_save(self, state, rows)
+    real_save(self, epoch, states)
 
-  monkeypatch.setattr(checkpoints.Checkpoints, 'save', save_until_full)
+  monkeypatch.setattr(checkpoints.ChunkCheckpoints, 'save', save_until_full)
   config = TrainConfig(epochs=3, batch_size=512)
   workdir = str(tmp_path / 'run')
   with pytest.raises(WorkdirError, match='disk full'):
     train_and_evaluate(config, workdir, RunOptions())
   assert records.load_config(workdir) == config
   assert len(records.read_history(os.path.join(workdir, 'history.csv'))) == 2
-  monkeypatch.setattr(checkpoints.Checkpoints, 'save', real_save)
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['1']
+  monkeypatch.setattr(checkpoints.ChunkCheckpoints, 'save', real_save)
   result = train_and_evaluate(config, workdir, RunOptions())
   assert len(records.read_history(os.path.join(workdir, 'history.csv'))) == 3
   assert result['test_accuracy'] > 0.9
