@@ -6,10 +6,12 @@ kmnist, emnist/digits, emnist/letters, mnist_corrupted/..., ...) and returns the
 project's `mlp_jax.data.Dataset`.
 
 Reading never touches the network and never downloads: the dataset must already
-be prepared under `data_dir`. It is read with `tfds.data_source` (array_record
-files, random access, no TensorFlow needed); a dataset prepared in the TFRecord
-format (the default of `tfds.load` and `tfds build`) is read with
-`tfds.load(..., batch_size=-1)` only when TensorFlow is importable.
+be prepared under `data_dir`. It is read as `tfds.data_source(name,
+data_dir=data_dir, download=False)` reads it (`builder.as_data_source`: array_record
+files, random access, no TensorFlow needed), from the builder already checked
+here. A dataset prepared in the TFRecord format (the default of `tfds.load` and
+`tfds build`) is read as `tfds.load(..., batch_size=-1)` reads it, through
+tf.data, and only when TensorFlow is importable.
 
 tensorflow_datasets is imported inside `load_tfds` only: the default MNIST path
 (`mlp_jax.data.load_mnist`) never imports it.
@@ -82,8 +84,8 @@ def load_tfds(name: str, data_dir: Optional[str] = None) -> Dataset:
     # Why the random-access path failed decides what to say, or what else to try.
     _check_prepared(builder, spec)
     _check_splits(builder, spec)
-    if not _tensorflow_importable():
-      raise DataError(_no_data_source_message(builder, spec, e)) from None
+    if _has_random_access(tfds, builder) or not _tensorflow_importable():
+      raise DataError(_no_data_source_message(tfds, builder, spec, e)) from None
     splits = _read_with_tensorflow(tfds, builder, num_classes, spec)
     via = ' (TFRecord, read with TensorFlow)'
   (train_images, train_labels), (test_images, test_labels) = splits
@@ -145,7 +147,20 @@ def _builder(tfds: Any, name: str, data_dir: Optional[str]) -> Any:
   except tfds.core.registered.DatasetNotFoundError:
     raise DataError(_unknown_message(tfds, name, dataset_name.name)) from None
   except Exception as e:  # pylint: disable=broad-except
-    raise DataError(f'TFDS dataset {name!r}: {_one_line(e)}') from None
+    message = _one_line(e).rstrip(':')
+    configs = [c.name for c in getattr(_builder_cls(tfds, dataset_name.name),
+                                       'BUILDER_CONFIGS', None) or []]
+    if configs:
+      message += f' (configs: {", ".join(configs)})'
+    raise DataError(f'TFDS dataset {name!r}: {message}') from None
+
+
+def _builder_cls(tfds: Any, name: str) -> Any:
+  """The registered builder class for `name`, or None."""
+  try:
+    return tfds.builder_cls(name)
+  except Exception:  # pylint: disable=broad-except
+    return None
 
 
 def _unknown_message(tfds: Any, name: str, base_name: str) -> str:
@@ -165,16 +180,18 @@ def _check_features(tfds: Any, builder: Any, spec: str) -> int:
   features = builder.info.features
   keys = sorted(features.keys()) if hasattr(features, 'keys') else []
   if 'image' not in keys or 'label' not in keys:
-    raise DataError(f"TFDS dataset {spec!r} has features {keys or features}; "
-                    "need an 'image' and a 'label' feature")
+    found = ', '.join(keys) or type(features).__name__
+    raise DataError(f"TFDS dataset {spec!r} has features {found}; need an 'image' "
+                    "and a 'label' feature")
   image, label = features['image'], features['label']
-  shape = tuple(getattr(image, 'shape', ()) or ())
-  dtype = getattr(image, 'np_dtype', None)
-  if not isinstance(image, tfds.features.Image) or shape != IMAGE_SHAPE or dtype != np.uint8:
-    found = 'x'.join('?' if s is None else str(s) for s in shape) or type(image).__name__
-    raise DataError(f'TFDS dataset {spec!r} has {found} {np.dtype(dtype).name if dtype else ""}'
-                    f' images; only 28x28x1 uint8 images are supported (e.g. '
-                    f'{", ".join(KNOWN_28X28X1[:4])})'.replace('  ', ' '))
+  if not isinstance(image, tfds.features.Image):
+    raise DataError(f"TFDS dataset {spec!r}: its 'image' feature is a "
+                    f'{type(image).__name__}, not an image')
+  shape, dtype = tuple(image.shape), np.dtype(image.np_dtype)
+  if shape != IMAGE_SHAPE or dtype != np.uint8:
+    found = 'x'.join('?' if s is None else str(s) for s in shape)
+    raise DataError(f'TFDS dataset {spec!r} has {found} {dtype.name} images; only '
+                    f'28x28x1 uint8 images are supported (e.g. {", ".join(KNOWN_28X28X1[:4])})')
   if not isinstance(label, tfds.features.ClassLabel) or not label.num_classes:
     raise DataError(f"TFDS dataset {spec!r}: its 'label' feature is a "
                     f'{type(label).__name__}, not a class label')
@@ -188,7 +205,7 @@ def _check_prepared(builder: Any, spec: str) -> None:
   root = str(builder.data_dir_root)
   missing = '' if os.path.isdir(root) or '://' in root else ', which does not exist'
   raise DataError(
-      f'TFDS dataset {spec} is not prepared in {root}{missing} (looked for '
+      f'TFDS dataset {spec!r} is not prepared in {root}{missing} (looked for '
       f'{builder.data_dir}/dataset_info.json) and this machine cannot download it; '
       f'on a machine with internet run `pip install tensorflow tensorflow-datasets '
       f'&& tfds build {spec} --data_dir=tfds_data --file_format=array_record`, '
@@ -211,15 +228,22 @@ def _tensorflow_importable() -> bool:
   return importlib.util.find_spec('tensorflow') is not None
 
 
-def _no_data_source_message(builder: Any, spec: str, error: Exception) -> str:
-  """One line: why the prepared dataset cannot be read without TensorFlow."""
-  formats = sorted(f.value for f in builder.info.available_file_formats())
-  if formats and 'array_record' not in formats:
-    return (f'TFDS dataset {spec} in {builder.data_dir} is stored as '
-            f'{", ".join(formats)}, which needs TensorFlow to read; rebuild it with '
-            f'`tfds build {spec} --data_dir=tfds_data --file_format=array_record` '
-            f'on a machine with internet, or pip install tensorflow')
-  return f'TFDS dataset {spec} in {builder.data_dir} cannot be read: {_one_line(error)}'
+def _has_random_access(tfds: Any, builder: Any) -> bool:
+  """Whether the prepared files are in a format `as_data_source` reads (array_record)."""
+  random_access = tfds.core.file_adapters.FileFormat.with_random_access()
+  return bool(builder.info.available_file_formats() & set(random_access))
+
+
+def _no_data_source_message(tfds: Any, builder: Any, spec: str, error: Exception) -> str:
+  """One line: why the prepared dataset cannot be read (TensorFlow is not importable)."""
+  if not _has_random_access(tfds, builder):
+    formats = sorted(f.value for f in builder.info.available_file_formats())
+    return (f'TFDS dataset {spec!r} in {builder.data_dir} is stored as '
+            f'{", ".join(formats) or "an unknown format"}, which needs TensorFlow to '
+            f'read; rebuild it with `tfds build {spec} --data_dir=tfds_data '
+            f'--file_format=array_record` on a machine with internet, or pip install '
+            f'tensorflow')
+  return f'TFDS dataset {spec!r} in {builder.data_dir} cannot be read: {_one_line(error)}'
 
 
 def _read_records(source: Sequence[Any], start: int, stop: int) -> List[Any]:
@@ -250,25 +274,33 @@ def _read_source(source: Sequence[Any], num_classes: int, spec: str,
     stop = min(n, start + _CHUNK)
     records = _read_records(source, start, stop)
     if len(records) != stop - start:
-      raise DataError(f'TFDS dataset {spec} split {split}: asked for {stop - start} '
+      raise DataError(f'TFDS dataset {spec!r} split {split}: asked for {stop - start} '
                       f'records, got {len(records)}')
     images[start:stop] = _image_batch([r['image'] for r in records], spec, split)
     labels[start:stop] = [r['label'] for r in records]
   return _checked(images, labels, num_classes, spec, split)
 
 
-def _image_batch(images: Sequence[Any], spec: str, split: str) -> np.ndarray:
-  """Stacks decoded images uint8[28, 28, 1] (or [28, 28]) into uint8[k, 28, 28]."""
+def _image_batch(images: Any, spec: str, split: str) -> np.ndarray:
+  """Checks decoded images and returns them as one array uint8[k, 28, 28].
+
+  Args:
+    images: a sequence of uint8[28, 28, 1] (data source records) or one array
+      uint8[k, 28, 28, 1] (a whole tf.data batch).
+    spec: dataset name for messages.
+    split: split name for messages.
+  """
   try:
-    batch = np.stack([np.asarray(image) for image in images])
+    batch = images if isinstance(images, np.ndarray) else np.stack(
+        [np.asarray(image) for image in images])
   except ValueError:
     shapes = sorted({np.shape(image) for image in images})
-    raise DataError(f'TFDS dataset {spec} split {split}: images of shapes {shapes[:3]}, '
+    raise DataError(f'TFDS dataset {spec!r} split {split}: images of shapes {shapes[:3]}, '
                     'expected 28x28x1') from None
   if batch.shape[1:] == IMAGE_SHAPE:
     batch = batch[..., 0]
   if batch.shape[1:] != IMAGE_SHAPE[:2] or batch.dtype != np.uint8:
-    raise DataError(f'TFDS dataset {spec} split {split}: decoded images are '
+    raise DataError(f'TFDS dataset {spec!r} split {split}: decoded images are '
                     f'{batch.dtype}{list(batch.shape[1:])}, expected uint8[28, 28, 1]')
   return batch
 
@@ -285,9 +317,9 @@ def _checked(images: np.ndarray, labels: np.ndarray, num_classes: int, spec: str
     (images, labels as label_dtype(num_classes)[N]).
   """
   if len(images) == 0:
-    raise DataError(f'TFDS dataset {spec} split {split} is empty')
+    raise DataError(f'TFDS dataset {spec!r} split {split} is empty')
   if labels.min() < 0 or labels.max() >= num_classes:
-    raise DataError(f'TFDS dataset {spec} split {split}: labels span '
+    raise DataError(f'TFDS dataset {spec!r} split {split}: labels span '
                     f'[{labels.min()}, {labels.max()}], outside [0, {num_classes})')
   return images, labels.astype(label_dtype(num_classes))
 
@@ -303,7 +335,7 @@ def _read_with_tensorflow(tfds: Any, builder: Any, num_classes: int,
     splits = tfds.as_numpy(builder.as_dataset(split=list(SPLITS), batch_size=-1))
     batches: List[Dict[str, np.ndarray]] = list(splits)
   except Exception as e:  # pylint: disable=broad-except
-    raise DataError(f'TFDS dataset {spec} in {builder.data_dir} cannot be read with '
+    raise DataError(f'TFDS dataset {spec!r} in {builder.data_dir} cannot be read with '
                     f'TensorFlow: {_one_line(e)}') from None
   return [_checked(_image_batch(batch['image'], spec, split),
                    np.asarray(batch['label'], np.int64), num_classes, spec, split)

@@ -1,0 +1,649 @@
+"""Compare two runs, two sweeps, or a run and a sweep: `python -m experiments.compare A B`.
+
+    python -m experiments.compare A B [--require_identical] [--output=compare.png]
+
+A and B are each a run directory (written by `python -m mlp_jax.main`; it holds
+config.json) or a sweep directory (written by `python -m experiments.sweep`; it
+holds sweep.json and one run directory seed_<k>/ per seed). The report lists:
+
+  * settings that differ, `name: A-value -> B-value` (values as JSON, nested
+    keys dotted): config.json for two runs, sweep.json for two sweeps;
+  * environment facts that differ (environment.json), the same way. Every fact
+    is compared (versions, backend, devices, process_count, xla_flags,
+    jax_config, platform, git.commit and git.dirty, data.sha256) except these,
+    which describe how or from where a run was launched rather than what it
+    computes: `command` (it names the workdir, so it always differs),
+    `process_index`, `data.source` (the data's path; its checksums are
+    compared) and `jax_config.jax_compilation_cache_dir`;
+  * for every metric column of history.csv (every column but `epoch` and the
+    timing columns, whose names end in `_seconds`): the largest per-epoch
+    absolute difference |A - B| over all compared seeds and epochs, where it
+    occurs, and how many cells differ out of how many compared; epochs, seeds
+    and columns present on one side only;
+  * the final test accuracy (the last recorded epoch) of each side: a sweep's
+    as mean ± std over its seeds; for two sweeps also the difference of the
+    means A - B with its 95% CI and the p-value of Welch's t-test
+    (mlp_jax.stats.welch);
+  * the last line, the verdict:
+      verdict: IDENTICAL (bit for bit: N seeds x M epochs, timing columns aside)
+      verdict: DIFFERENT (reason; reason; ...)
+    IDENTICAL means: the same seeds on both sides, the same epochs for every
+    seed, the same metric columns, and every metric cell of history.csv equal
+    AS TEXT (no numeric tolerance: '0.9676' and '0.96760005' differ). Nothing
+    to compare (no common seed, no epoch) is DIFFERENT. Settings and
+    environment differences are listed but do not by themselves decide the
+    verdict: the verdict is about the numbers a run produced.
+
+Which runs are compared:
+
+  * run vs run: the two runs (if their seeds differ, the verdict is DIFFERENT
+    but the metrics are still compared);
+  * sweep vs sweep: seed_<k> of A with seed_<k> of B for every seed k both
+    have. A sweep's seeds are those listed in its sweep.json; a listed seed
+    whose seed_<k>/ has no config.json or no history.csv yet (a sweep still
+    running) has no records: it is reported, and is missing from that side;
+  * run vs sweep (either order): the run with the sweep's seed_<k>, k the run's
+    own seed (config.json), so IDENTICAL means the run reproduces that seed of
+    the sweep; settings and environment are those of the run and of seed_<k>.
+    The sweep's other seeds are not compared. If the sweep has no records for
+    seed k that is said, settings are compared with sweep.json's `config`, and
+    the verdict is DIFFERENT.
+
+The picture (--output, default ./compare.png; --output= draws none) overlays
+the train and test accuracy and loss curves of A and B: a run as its curve, a
+sweep as the mean over its seeds with a 95% band (over the epochs all its seeds
+have reached).
+
+Exit status: 0; 1 with --require_identical when the verdict is DIFFERENT; 2 on
+bad input (a missing directory, one that is neither a run nor a sweep, a
+missing, unreadable or partial record), reported as one line `error: ...`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import sys
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from absl import flags
+
+from mlp_jax import cli
+from mlp_jax.errors import UsageError
+
+FLAGS = flags.FLAGS
+
+# The record names of mlp_jax.records (not imported: it loads jax, which this tool does not
+# need; tests/test_compare.py checks that the names agree) and of experiments.sweep.
+CONFIG_FILE = 'config.json'
+ENVIRONMENT_FILE = 'environment.json'
+HISTORY_FILE = 'history.csv'
+SWEEP_FILE = 'sweep.json'
+SEED_DIR = 'seed_{}'
+
+EPOCH_COLUMN = 'epoch'
+TIMING_SUFFIX = '_seconds'
+# Environment facts about how a run was launched, not what it computes (see the docstring).
+IGNORED_ENVIRONMENT = ('command', 'process_index', 'data.source',
+                       'jax_config.jax_compilation_cache_dir')
+# Curves drawn in compare.png: (metric, axis 0 = accuracy / 1 = loss, line style).
+PLOTTED = (('train_accuracy', 0, '--'), ('test_accuracy', 0, '-'),
+           ('train_loss', 1, '--'), ('test_loss', 1, '-'))
+
+
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+  """Defines this tool's flags (called only when it runs, so importing it defines none)."""
+  flags.DEFINE_bool('require_identical', False, 'Exit with status 1 unless the verdict is '
+                    'IDENTICAL.', flag_values=flag_values)
+  flags.DEFINE_string('output', 'compare.png', 'Where to write the picture of both sides\' '
+                      'curves; empty: draw none.', flag_values=flag_values)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+@dataclasses.dataclass(frozen=True)
+class History:
+  """history.csv as text: the header and, for each epoch, its row (column -> cell text)."""
+  columns: Tuple[str, ...]
+  rows: Dict[int, Dict[str, str]]
+
+  @property
+  def metrics(self) -> Tuple[str, ...]:
+    """The columns compared bit for bit: all but `epoch` and the timing columns."""
+    return tuple(c for c in self.columns
+                 if c != EPOCH_COLUMN and not c.endswith(TIMING_SUFFIX))
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """A run directory's records."""
+  path: str
+  config: Dict[str, Any]
+  environment: Dict[str, Any]
+  history: History
+
+  @property
+  def seed(self) -> int:
+    return self.config['seed']
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+  """A sweep directory: its settings, environment, and the runs of its seeds with records."""
+  path: str
+  settings: Dict[str, Any]
+  environment: Dict[str, Any]
+  runs: Dict[int, Run]
+  without_records: Tuple[int, ...]
+
+
+Side = Union[Run, Sweep]
+
+
+def read_json_object(path: str) -> Dict[str, Any]:
+  """A JSON file holding an object; UsageError if it is missing, unreadable or not an object."""
+  try:
+    with open(path) as f:
+      obj = json.load(f)
+  except FileNotFoundError:
+    raise UsageError(f'{path}: missing') from None
+  except json.JSONDecodeError as e:
+    raise UsageError(f'{path}: unreadable JSON ({e.msg}, line {e.lineno})') from None
+  except (OSError, UnicodeDecodeError) as e:
+    raise UsageError(f'{path}: unreadable ({e})') from None
+  if not isinstance(obj, dict):
+    raise UsageError(f'{path}: expected a JSON object, found {type(obj).__name__}')
+  return obj
+
+
+def _parse_epoch(text: str, where: str) -> int:
+  try:
+    epoch = int(text)
+  except ValueError:
+    epoch = 0
+  if epoch < 1:
+    raise UsageError(f'{where}: epoch {text!r} is not a positive integer')
+  return epoch
+
+
+def read_history(path: str) -> History:
+  """Reads and checks history.csv, keeping every cell as text.
+
+  Raises:
+    UsageError: the file is missing, empty, ends in a partial row, has a row
+      whose length differs from the header's, a bad or repeated epoch, or a
+      metric cell that is not a number.
+  """
+  try:
+    with open(path, newline='') as f:
+      text = f.read()
+  except FileNotFoundError:
+    raise UsageError(f'{path}: missing (the run has not finished an epoch)') from None
+  except (OSError, UnicodeDecodeError) as e:
+    raise UsageError(f'{path}: unreadable ({e})') from None
+  if not text:
+    raise UsageError(f'{path}: empty')
+  if not text.endswith('\n'):
+    raise UsageError(f'{path}: ends in a partial row (still being written?)')
+  lines = list(csv.reader(io.StringIO(text)))
+  columns = tuple(lines[0])
+  if EPOCH_COLUMN not in columns or len(set(columns)) != len(columns) or '' in columns:
+    raise UsageError(f'{path}: bad header {",".join(columns)!r}')
+  history = History(columns, {})
+  for number, cells in enumerate(lines[1:], start=2):
+    where = f'{path}, line {number}'
+    if len(cells) != len(columns):
+      raise UsageError(f'{where}: {len(cells)} cells, the header has {len(columns)}')
+    row = dict(zip(columns, cells))
+    epoch = _parse_epoch(row[EPOCH_COLUMN], where)
+    if epoch in history.rows:
+      raise UsageError(f'{where}: epoch {epoch} repeated')
+    for name in history.metrics:
+      try:
+        float(row[name])
+      except ValueError:
+        raise UsageError(f'{where}: {name} {row[name]!r} is not a number') from None
+    history.rows[epoch] = row
+  return history
+
+
+def load_run(path: str) -> Run:
+  """A run directory's config.json, environment.json and history.csv."""
+  config = read_json_object(os.path.join(path, CONFIG_FILE))
+  seed = config.get('seed')
+  if not isinstance(seed, int) or isinstance(seed, bool):
+    raise UsageError(f'{os.path.join(path, CONFIG_FILE)}: no integer seed')
+  return Run(path, config, read_json_object(os.path.join(path, ENVIRONMENT_FILE)),
+             read_history(os.path.join(path, HISTORY_FILE)))
+
+
+def load_sweep(path: str) -> Sweep:
+  """A sweep directory; seeds whose seed_<k>/ has no config.json or history.csv yet are
+  listed in `without_records`."""
+  settings = read_json_object(os.path.join(path, SWEEP_FILE))
+  seeds = settings.get('seeds')
+  if (not isinstance(seeds, list) or
+      not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+    raise UsageError(f'{os.path.join(path, SWEEP_FILE)}: `seeds` is not a list of integers')
+  environment = read_json_object(os.path.join(path, ENVIRONMENT_FILE))
+  runs, without = {}, []
+  for seed in seeds:
+    run_dir = os.path.join(path, SEED_DIR.format(seed))
+    if all(os.path.exists(os.path.join(run_dir, name)) for name in (CONFIG_FILE, HISTORY_FILE)):
+      runs[seed] = load_run(run_dir)
+    else:
+      without.append(seed)
+  return Sweep(path, settings, environment, runs, tuple(without))
+
+
+def load_side(path: str) -> Side:
+  """A run or a sweep, whichever `path` holds (a sweep if it has sweep.json)."""
+  if not os.path.isdir(path):
+    raise UsageError(f'{path}: no such directory')
+  if os.path.exists(os.path.join(path, SWEEP_FILE)):
+    return load_sweep(path)
+  if os.path.exists(os.path.join(path, CONFIG_FILE)):
+    return load_run(path)
+  raise UsageError(f'{path}: neither a run (no {CONFIG_FILE}) nor a sweep (no {SWEEP_FILE})')
+
+
+# ----------------------------------------------------------------------------- describing
+
+
+def plural(n: int, word: str) -> str:
+  return f'{n} {word}' if n == 1 else f'{n} {word}s'
+
+
+def ranges(numbers: Iterable[int]) -> str:
+  """[0, 1, 2, 5, 7, 8] -> '0-2, 5, 7-8'."""
+  parts, numbers = [], sorted(numbers)
+  start = None
+  for i, n in enumerate(numbers):
+    start = n if start is None else start
+    if i + 1 == len(numbers) or numbers[i + 1] != n + 1:
+      parts.append(str(n) if n == start else f'{start}-{n}')
+      start = None
+  return ', '.join(parts) or 'none'
+
+
+def describe(side: Side) -> str:
+  """One line naming a side: what it is and how much it holds."""
+  if isinstance(side, Run):
+    return f'run {side.path} (seed {side.seed}, {plural(len(side.history.rows), "epoch")})'
+  seeds = sorted(side.runs)
+  text = f'sweep {side.path} ({plural(len(seeds), "seed")} with records: {ranges(seeds)}'
+  if side.without_records:
+    text += f'; without records yet: {ranges(side.without_records)}'
+  return text + ')'
+
+
+def flatten(obj: Any, prefix: str = '') -> Dict[str, Any]:
+  """Nested dicts -> {'a.b.c': value}; anything else (lists too) is a value."""
+  if not isinstance(obj, dict) or (prefix and not obj):
+    return {prefix: obj}
+  flat = {}
+  for key, value in obj.items():
+    flat.update(flatten(value, f'{prefix}.{key}' if prefix else str(key)))
+  return flat
+
+
+def _show(value: Any) -> str:
+  return json.dumps(value, sort_keys=True)
+
+
+_ABSENT = object()
+
+
+def differences(a: Mapping[str, Any], b: Mapping[str, Any],
+                ignored: Sequence[str] = ()) -> List[str]:
+  """`key: A-value -> B-value` for each (dotted) key whose values differ, sorted by key.
+
+  Keys equal to or under one of `ignored` are skipped; a key on one side only
+  shows `(absent)` on the other.
+  """
+  flat_a, flat_b = flatten(dict(a)), flatten(dict(b))
+  lines = []
+  for key in sorted(set(flat_a) | set(flat_b)):
+    if any(key == i or key.startswith(i + '.') for i in ignored):
+      continue
+    va, vb = flat_a.get(key, _ABSENT), flat_b.get(key, _ABSENT)
+    if va != vb or type(va) is not type(vb):
+      show = lambda v: '(absent)' if v is _ABSENT else _show(v)
+      lines.append(f'{key}: {show(va)} -> {show(vb)}')
+  return lines
+
+
+# ----------------------------------------------------------------------------- pairing
+
+
+@dataclasses.dataclass
+class Pairing:
+  """Which runs of A and B are compared, and which seeds only one side has."""
+  pairs: List[Tuple[int, Run, Run]]
+  only_a: List[int]
+  only_b: List[int]
+  notes: List[str]
+  settings: Tuple[str, Dict[str, Any], Dict[str, Any]]
+  environments: Tuple[Dict[str, Any], Dict[str, Any]]
+
+
+def _run_vs_sweep(run: Run, sweep: Sweep, run_is_a: bool) -> Pairing:
+  """The run against the sweep's run of the same seed (see the module docstring)."""
+  order = (lambda x, y: (x, y)) if run_is_a else (lambda x, y: (y, x))
+  seed_dir = SEED_DIR.format(run.seed)
+  match = sweep.runs.get(run.seed)
+  if match is None:
+    note = f'the sweep has no records for seed {run.seed} (the run\'s seed); nothing compared'
+    only = order([run.seed], [])
+    return Pairing([], only[0], only[1], [note],
+                   (f'{CONFIG_FILE} vs {SWEEP_FILE} config', *order(
+                       run.config, sweep.settings.get('config', {}))),
+                   order(run.environment, sweep.environment))
+  others = len(sweep.runs) - 1
+  notes = [f'the run is compared with the sweep\'s {seed_dir}'
+           + (f'; its other {plural(others, "seed")} are not compared' if others else '')]
+  return Pairing([(run.seed, *order(run, match))], [], [], notes,
+                 (f'{CONFIG_FILE} vs {seed_dir}/{CONFIG_FILE}', *order(run.config, match.config)),
+                 order(run.environment, match.environment))
+
+
+def pair(a: Side, b: Side) -> Pairing:
+  """Pairs the runs of A and B to compare (see the module docstring)."""
+  if isinstance(a, Run) and isinstance(b, Run):
+    same = a.seed == b.seed
+    return Pairing([(a.seed, a, b)], [] if same else [a.seed], [] if same else [b.seed], [],
+                   (CONFIG_FILE, a.config, b.config), (a.environment, b.environment))
+  if isinstance(a, Sweep) and isinstance(b, Sweep):
+    common = sorted(set(a.runs) & set(b.runs))
+    return Pairing([(s, a.runs[s], b.runs[s]) for s in common],
+                   sorted(set(a.runs) - set(b.runs)), sorted(set(b.runs) - set(a.runs)), [],
+                   (SWEEP_FILE, a.settings, b.settings), (a.environment, b.environment))
+  if isinstance(a, Run):
+    return _run_vs_sweep(a, b, run_is_a=True)
+  return _run_vs_sweep(b, a, run_is_a=False)
+
+
+# ----------------------------------------------------------------------------- histories
+
+
+@dataclasses.dataclass
+class MetricDiff:
+  """One metric column compared over every paired seed and common epoch."""
+  name: str
+  largest: float = 0.0
+  where: Optional[Tuple[int, int]] = None  # (seed, epoch) of the largest difference
+  differing: int = 0
+  cells: int = 0
+
+  def add(self, seed: int, epoch: int, text_a: str, text_b: str) -> None:
+    self.cells += 1
+    if text_a == text_b:
+      return
+    self.differing += 1
+    diff = abs(float(text_a) - float(text_b))
+    if self.where is None or diff > self.largest or (math.isnan(diff) and
+                                                     not math.isnan(self.largest)):
+      self.largest, self.where = diff, (seed, epoch)
+
+
+@dataclasses.dataclass
+class HistoryComparison:
+  metrics: List[MetricDiff]
+  epochs_compared: Dict[int, int]        # seed -> number of common epochs
+  only_a: Dict[int, List[int]]           # seed -> epochs only A has
+  only_b: Dict[int, List[int]]
+  columns_only_a: List[str]
+  columns_only_b: List[str]
+
+
+def compare_histories(pairs: Sequence[Tuple[int, Run, Run]]) -> HistoryComparison:
+  """Compares the metric cells, as text, of every paired run on their common epochs."""
+  columns_a = dict.fromkeys(c for _, ra, _ in pairs for c in ra.history.metrics)
+  columns_b = dict.fromkeys(c for _, _, rb in pairs for c in rb.history.metrics)
+  metrics = [MetricDiff(c) for c in columns_a if c in columns_b]
+  result = HistoryComparison(metrics, {}, {}, {}, [c for c in columns_a if c not in columns_b],
+                             [c for c in columns_b if c not in columns_a])
+  for seed, ra, rb in pairs:
+    rows_a, rows_b = ra.history.rows, rb.history.rows
+    common = sorted(set(rows_a) & set(rows_b))
+    result.epochs_compared[seed] = len(common)
+    if set(rows_a) - set(rows_b):
+      result.only_a[seed] = sorted(set(rows_a) - set(rows_b))
+    if set(rows_b) - set(rows_a):
+      result.only_b[seed] = sorted(set(rows_b) - set(rows_a))
+    for metric in metrics:
+      if metric.name not in ra.history.columns or metric.name not in rb.history.columns:
+        continue
+      for epoch in common:
+        metric.add(seed, epoch, rows_a[epoch][metric.name], rows_b[epoch][metric.name])
+  return result
+
+
+def compared_size(comparison: HistoryComparison) -> str:
+  """'N seeds x M epochs' (or 'N seeds, K epochs in all' if seeds had different epochs)."""
+  seeds = len(comparison.epochs_compared)
+  counts = set(comparison.epochs_compared.values())
+  if len(counts) == 1:
+    return f'{plural(seeds, "seed")} x {plural(next(iter(counts)), "epoch")}'
+  return (f'{plural(seeds, "seed")}, '
+          f'{plural(sum(comparison.epochs_compared.values()), "epoch")} in all')
+
+
+def _epochs_by_seed(epochs: Mapping[int, List[int]], single: bool) -> str:
+  if single:
+    return ranges(next(iter(epochs.values())))
+  return '; '.join(f'seed {s}: {ranges(e)}' for s, e in sorted(epochs.items()))
+
+
+def history_lines(comparison: HistoryComparison, pairing: Pairing,
+                  single: bool) -> Tuple[List[str], List[str]]:
+  """The history section of the report, and the reasons (if any) it is not identical.
+
+  Args:
+    comparison: from compare_histories.
+    pairing: from pair.
+    single: whether one run is compared with one run (then no seed is named).
+  """
+  reasons = []
+  cells = sum(comparison.epochs_compared.values())
+  lines = [f'history.csv: {compared_size(comparison)} compared '
+           f'(timing columns *{TIMING_SUFFIX} aside)']
+  if comparison.metrics and cells:
+    width = max(len(m.name) for m in comparison.metrics)
+    lines.append(f'  {"metric":<{width}}  {"max |A-B|":>12}  {"differing cells":>17}  at')
+    for m in comparison.metrics:
+      at = '' if m.where is None else (f'epoch {m.where[1]}' if single
+                                       else f'seed {m.where[0]}, epoch {m.where[1]}')
+      lines.append(f'  {m.name:<{width}}  {m.largest:>12.6g}  '
+                   f'{f"{m.differing} of {m.cells}":>17}  {at}'.rstrip())
+      if m.differing:
+        reasons.append(f'{m.name} differs in {m.differing} of {m.cells} cells')
+  for side, only in (('A', comparison.only_a), ('B', comparison.only_b)):
+    if only:
+      text = f'epochs only in {side}: {_epochs_by_seed(only, single)}'
+      lines.append(text)
+      reasons.append(text)
+  for side, columns in (('A', comparison.columns_only_a), ('B', comparison.columns_only_b)):
+    if columns:
+      text = f'columns only in {side}: {", ".join(columns)}'
+      lines.append(text)
+      reasons.append(text)
+  for side, seeds_only in (('A', pairing.only_a), ('B', pairing.only_b)):
+    if seeds_only:
+      reasons.append(f'seeds only in {side}: {ranges(seeds_only)}')
+  if not pairing.pairs:
+    reasons.append('no common seed')
+  elif not cells:
+    reasons.append('no common epoch')
+  elif not comparison.metrics:
+    reasons.append('no common metric column')
+  return lines, reasons
+
+
+# ----------------------------------------------------------------------------- final accuracy
+
+
+def final_accuracies(side: Side) -> Tuple[List[float], List[int]]:
+  """Test accuracy at the last recorded epoch of each run of a side, and those epochs."""
+  runs = [side] if isinstance(side, Run) else [side.runs[s] for s in sorted(side.runs)]
+  values, epochs = [], []
+  for run in runs:
+    if run.history.rows and 'test_accuracy' in run.history.columns:
+      last = max(run.history.rows)
+      values.append(float(run.history.rows[last]['test_accuracy']))
+      epochs.append(last)
+  return values, epochs
+
+
+def final_accuracy_lines(a: Side, b: Side) -> List[str]:
+  """Each side's final test accuracy; for two sweeps the difference and Welch's test."""
+  lines = ['final test accuracy (last recorded epoch):']
+  samples = {}
+  for name, side in (('A', a), ('B', b)):
+    values, epochs = final_accuracies(side)
+    samples[name] = values
+    if not values:
+      lines.append(f'  {name}: none recorded')
+    elif isinstance(side, Run):
+      lines.append(f'  {name}: {values[0]:.6f} (epoch {epochs[0]})')
+    else:
+      from mlp_jax import stats  # pylint: disable=g-import-not-at-top  (scipy: for sweeps only)
+      s = stats.summarize(values)
+      ends = (f'epoch {epochs[0]}' if len(set(epochs)) == 1
+              else f'epochs {ranges(sorted(set(epochs)))}, seeds differ')
+      lines.append(f'  {name}: {s.mean:.6f} ± {s.std:.6f} (mean ± std, n={s.n}; {ends})')
+  if isinstance(a, Sweep) and isinstance(b, Sweep):
+    if min(len(samples['A']), len(samples['B'])) < 2:
+      lines.append('  A - B: Welch\'s t-test needs at least 2 seeds per sweep')
+    else:
+      from mlp_jax import stats  # pylint: disable=g-import-not-at-top
+      w = stats.welch(samples['A'], samples['B'])
+      df = stats.welch_df(samples['A'], samples['B'])
+      lines.append(f'  A - B: {w.difference:+.6f}, 95% CI [{w.ci95_low:+.6f}, {w.ci95_high:+.6f}]'
+                   f' (Welch, df {df:.1f}); Welch\'s t-test p = {w.p_value:.6g}')
+  return lines
+
+
+# ----------------------------------------------------------------------------- picture
+
+
+def side_curves(side: Side) -> Optional[Dict[str, np.ndarray]]:
+  """{'epoch': int[epochs], metric: float[runs, epochs]} for the plotted metrics a side has,
+  over the epochs all its runs have; None if there is nothing to draw."""
+  runs = [side] if isinstance(side, Run) else [side.runs[s] for s in sorted(side.runs)]
+  if not runs:
+    return None
+  epochs = sorted(set.intersection(*(set(r.history.rows) for r in runs)))
+  if not epochs:
+    return None
+  curves = {'epoch': np.array(epochs)}
+  for metric, _, _ in PLOTTED:
+    if all(metric in r.history.columns for r in runs):
+      curves[metric] = np.array([[float(r.history.rows[e][metric]) for e in epochs]
+                                 for r in runs])
+  return curves
+
+
+def write_plot(a: Side, b: Side, path: str) -> None:
+  """Draws both sides' curves into one PNG (see the module docstring)."""
+  from mlp_jax import plots, stats  # pylint: disable=g-import-not-at-top
+  plt, fig, acc_ax, loss_ax = plots._axes_pair(  # pylint: disable=protected-access
+      f'A: {_short(a)}   vs   B: {_short(b)}')
+  lowest = []
+  for name, side, color in (('A', a, 'tab:blue'), ('B', b, 'tab:red')):
+    curves = side_curves(side)
+    if curves is None:
+      continue
+    epochs = curves['epoch']
+    marker = 'o' if len(epochs) <= 20 else None  # a curve of one epoch is a single point
+    for metric, axis, style in PLOTTED:
+      if metric not in curves:
+        continue
+      ax = (acc_ax, loss_ax)[axis]
+      values = curves[metric]
+      split = metric.split('_')[0]
+      if values.shape[0] == 1:
+        ax.plot(epochs, values[0], color=color, linestyle=style, marker=marker, markersize=4,
+                label=f'{name} {split}')
+        continue
+      mean, low, high = stats.mean_ci(values)
+      ax.plot(epochs, mean, color=color, linestyle=style, marker=marker, markersize=4,
+              label=f'{name} {split} mean of {values.shape[0]}')
+      ax.fill_between(epochs, low, high, color=color, alpha=0.2)
+      if axis == 0:
+        lowest.append(np.min(low))
+    lowest += [np.min(curves[m]) for m in ('train_accuracy', 'test_accuracy') if m in curves]
+  if lowest:
+    acc_ax.set_ylim(max(0.0, float(np.nanmin(lowest)) - 0.01), 1.0005)
+  for ax in (acc_ax, loss_ax):
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=8)
+  fig.tight_layout()
+  try:
+    fig.savefig(path, dpi=110)
+  except OSError as e:
+    raise UsageError(f'--output={path}: cannot write ({e.strerror or e})') from None
+  finally:
+    plt.close(fig)
+
+
+def _short(side: Side) -> str:
+  name = os.path.basename(os.path.normpath(side.path))
+  if isinstance(side, Run):
+    return f'run {name} (seed {side.seed})'
+  return f'sweep {name} ({plural(len(side.runs), "seed")})'
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def compare(a: Side, b: Side) -> Tuple[List[str], List[str], str]:
+  """The report (lines), the reasons A and B are not identical (empty if they are), and
+  the size of what was compared ('N seeds x M epochs')."""
+  pairing = pair(a, b)
+  lines = [f'A: {describe(a)}', f'B: {describe(b)}'] + pairing.notes
+  source, settings_a, settings_b = pairing.settings
+  settings = differences(settings_a, settings_b)
+  lines.append(f'settings ({source}): ' + ('differ' if settings else 'same'))
+  lines += [f'  {line}' for line in settings]
+  environment = differences(*pairing.environments, ignored=IGNORED_ENVIRONMENT)
+  lines.append(f'environment ({ENVIRONMENT_FILE}; not compared: '
+               f'{", ".join(IGNORED_ENVIRONMENT)}): ' + ('differs' if environment else 'same'))
+  lines += [f'  {line}' for line in environment]
+  comparison = compare_histories(pairing.pairs)
+  single = isinstance(a, Run) and isinstance(b, Run)
+  history, reasons = history_lines(comparison, pairing, single)
+  lines += history + final_accuracy_lines(a, b)
+  return lines, reasons, compared_size(comparison)
+
+
+def main(argv: Sequence[str]) -> None:
+  paths = argv[1:]
+  if len(paths) != 2:
+    raise UsageError('expected two directories, each a run or a sweep: python -m '
+                     'experiments.compare A B [--require_identical] [--output=compare.png]')
+  a, b = load_side(paths[0]), load_side(paths[1])
+  lines, reasons, size = compare(a, b)
+  for line in lines:
+    print(line)
+  if FLAGS.output:
+    write_plot(a, b, FLAGS.output)
+    print(f'plot: {FLAGS.output}')
+  if reasons:
+    print(f'verdict: DIFFERENT ({"; ".join(reasons)})')
+  else:
+    print(f'verdict: IDENTICAL (bit for bit: {size}, timing columns aside)')
+  sys.stdout.flush()
+  if reasons and FLAGS.require_identical:
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  define_flags()
+  cli.run(main)

@@ -1,0 +1,343 @@
+"""python -m experiments.compare on hand-written run and sweep directories, and on real runs."""
+
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from conftest import REPO
+
+HISTORY_HEADER = ('epoch', 'train_loss', 'train_accuracy', 'test_loss', 'test_accuracy',
+                  'epoch_seconds', 'eval_seconds')
+CONFIG = {'epochs': 3, 'seed': 0, 'batch_size': 128, 'learning_rate': 0.001,
+          'hidden_sizes': [128, 128], 'init_seed': None, 'data_seed': None, 'data_dir': None}
+ENVIRONMENT = {
+    'versions': {'python': '3.11.7', 'jax': '0.10.2', 'jaxlib': '0.10.2', 'flax': '0.12.8',
+                 'optax': '0.2.8', 'numpy': '2.4.6'},
+    'backend': 'cpu', 'device_kind': 'cpu', 'device_count': 1, 'local_device_count': 1,
+    'process_count': 1, 'process_index': 0, 'xla_flags': '',
+    'jax_config': {'jax_enable_x64': False, 'jax_compilation_cache_dir': '/cache/a'},
+    'platform': {'system': 'Linux', 'machine': 'x86_64', 'cpu_count': 2},
+    'command': ['python', 'mlp_jax/main.py', '--workdir=a'],
+    'git': {'commit': '8f34a4b6ca6d9a24e47c6621d780964da16a21bf', 'dirty': False},
+    'data': {'source': '/data/a', 'sha256': {'t10k-labels-idx1-ubyte': 'ff7bcfd4'}},
+}
+
+
+def merged(base, changes):
+  """A deep copy of `base` with the nested dict `changes` merged in."""
+  result = copy.deepcopy(base)
+  for key, value in (changes or {}).items():
+    if isinstance(value, dict) and isinstance(result.get(key), dict):
+      result[key] = merged(result[key], value)
+    else:
+      result[key] = value
+  return result
+
+
+def history_rows(seed, epochs, final_accuracy=None):
+  """Plausible history cells (text) for a fake run: float32-like losses, exact accuracies."""
+  rows = []
+  for epoch in range(1, epochs + 1):
+    accuracy = 0.95 + 0.005 * epoch + 0.0001 * seed
+    if final_accuracy is not None and epoch == epochs:
+      accuracy = final_accuracy
+    rows.append({'epoch': str(epoch), 'train_loss': str(np.float32(0.4 / epoch + 0.001 * seed)),
+                 'train_accuracy': repr(accuracy + 0.01), 'test_loss': str(np.float32(0.2 / epoch)),
+                 'test_accuracy': repr(round(accuracy, 4)), 'epoch_seconds': '1.25',
+                 'eval_seconds': '0.125'})
+  return rows
+
+
+def write_run(path, seed=0, epochs=3, config=None, environment=None, cells=None,
+              final_accuracy=None):
+  """Writes a fake run directory; `cells` maps (epoch, column) -> text to overwrite."""
+  os.makedirs(path, exist_ok=True)
+  with open(os.path.join(path, 'config.json'), 'w') as f:
+    json.dump({**CONFIG, 'epochs': epochs, 'seed': seed, **(config or {})}, f, indent=2)
+  with open(os.path.join(path, 'environment.json'), 'w') as f:
+    json.dump(merged(ENVIRONMENT, environment), f, indent=2)
+  rows = history_rows(seed, epochs, final_accuracy)
+  for (epoch, column), text in (cells or {}).items():
+    rows[epoch - 1][column] = text
+  with open(os.path.join(path, 'history.csv'), 'w') as f:
+    f.write(','.join(HISTORY_HEADER) + '\n')
+    for row in rows:
+      f.write(','.join(row[c] for c in HISTORY_HEADER) + '\n')
+  return str(path)
+
+
+def write_sweep(path, final_accuracies, epochs=3, config=None, environment=None):
+  """Writes a fake sweep: seed k's run ends at final_accuracies[k]."""
+  seeds = sorted(final_accuracies)
+  os.makedirs(path, exist_ok=True)
+  shared = {k: v for k, v in {**CONFIG, 'epochs': epochs, **(config or {})}.items() if k != 'seed'}
+  with open(os.path.join(path, 'sweep.json'), 'w') as f:
+    json.dump({'seeds': seeds, 'config': shared}, f, indent=2)
+  with open(os.path.join(path, 'environment.json'), 'w') as f:
+    json.dump(merged(ENVIRONMENT, environment), f, indent=2)
+  for seed in seeds:
+    write_run(os.path.join(path, f'seed_{seed}'), seed=seed, epochs=epochs, config=config,
+              environment=environment, final_accuracy=final_accuracies[seed])
+  return str(path)
+
+
+def compare(*args, cwd=REPO, plot=None):
+  """Runs the tool as a user does; draws to `plot` if given, else (quicker) no picture."""
+  command = [sys.executable, '-m', 'experiments.compare', *map(str, args)]
+  command += [f'--output={plot}' if plot else '--output=']
+  env = {**os.environ, 'PYTHONPATH': REPO}
+  return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def verdict(result):
+  lines = result.stdout.strip().splitlines()
+  assert lines and lines[-1].startswith('verdict: '), result.stdout + result.stderr
+  return lines[-1]
+
+
+def test_record_names_agree_with_mlp_jax_records():
+  from experiments import compare as tool  # pylint: disable=g-import-not-at-top
+  from mlp_jax import records  # pylint: disable=g-import-not-at-top
+  assert (tool.CONFIG_FILE, tool.ENVIRONMENT_FILE, tool.HISTORY_FILE) == (
+      records.CONFIG_FILE, records.ENVIRONMENT_FILE, records.HISTORY_FILE)
+  assert all(c.endswith(tool.TIMING_SUFFIX) for c in records.TIMING_COLUMNS)
+  assert not any(c.endswith(tool.TIMING_SUFFIX) for c in records.METRIC_COLUMNS)
+
+
+def test_helpers():
+  from experiments import compare as tool  # pylint: disable=g-import-not-at-top
+  assert tool.ranges([8, 0, 1, 2, 5, 7]) == '0-2, 5, 7-8' and tool.ranges([]) == 'none'
+  assert tool.flatten({'a': {'b': 1, 'c': {}}, 'd': [1]}) == {'a.b': 1, 'a.c': {}, 'd': [1]}
+  assert tool.differences({'x': 1, 'y': {'z': True}, 'skip': 1},
+                          {'x': 1.5, 'y': {}, 'w': None, 'skip': 2}, ignored=('skip',)) == [
+                              'w: (absent) -> null', 'x: 1 -> 1.5', 'y: (absent) -> {}',
+                              'y.z: true -> (absent)']
+
+
+def test_identical_runs(tmp_path):
+  a, b = write_run(tmp_path / 'a', seed=4), write_run(tmp_path / 'b', seed=4)
+  for flag in ([], ['--require_identical']):
+    result = compare(a, b, *flag, plot=tmp_path / 'compare.png')
+    assert result.returncode == 0, result.stderr
+    assert verdict(result) == ('verdict: IDENTICAL (bit for bit: 1 seed x 3 epochs, '
+                               'timing columns aside)')
+  assert 'settings (config.json): same' in result.stdout
+  assert re.search(r'^environment .*: same$', result.stdout, re.M)
+  assert re.search(r'^  test_accuracy +0 +0 of 3$', result.stdout, re.M), result.stdout
+  with open(tmp_path / 'compare.png', 'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+def test_one_ulp_in_one_cell_is_different(tmp_path):
+  # float32(0.9676) is 0.96759999...; its neighbour one ULP up prints as 0.96760005.
+  assert str(np.nextafter(np.float32(0.9676), np.float32(1))) == '0.96760005'
+  a = write_run(tmp_path / 'a', cells={(2, 'test_accuracy'): '0.9676'})
+  b = write_run(tmp_path / 'b', cells={(2, 'test_accuracy'): '0.96760005'})
+  result = compare(a, b)
+  assert result.returncode == 0, result.stderr
+  assert verdict(result) == 'verdict: DIFFERENT (test_accuracy differs in 1 of 3 cells)'
+  assert re.search(r'^  test_accuracy +5e-08 +1 of 3  epoch 2$', result.stdout, re.M), (
+      result.stdout)
+  strict = compare(a, b, '--require_identical')
+  assert strict.returncode == 1 and strict.stderr == ''
+  assert verdict(strict).startswith('verdict: DIFFERENT')
+
+
+def test_the_same_number_written_differently_is_different(tmp_path):
+  # Cells are compared as text: the verdict promises the files agree bit for bit.
+  a = write_run(tmp_path / 'a', cells={(1, 'test_loss'): '0.2'})
+  b = write_run(tmp_path / 'b', cells={(1, 'test_loss'): '0.20'})
+  result = compare(a, b, '--require_identical')
+  assert result.returncode == 1
+  assert verdict(result) == 'verdict: DIFFERENT (test_loss differs in 1 of 3 cells)'
+
+
+def test_timing_columns_may_differ(tmp_path):
+  a = write_run(tmp_path / 'a')
+  b = write_run(tmp_path / 'b', cells={(1, 'epoch_seconds'): '9.5', (3, 'eval_seconds'): '0.01'})
+  result = compare(a, b, '--require_identical')
+  assert result.returncode == 0
+  assert verdict(result).startswith('verdict: IDENTICAL (bit for bit: 1 seed x 3 epochs')
+
+
+def test_differing_settings_and_environment_are_listed(tmp_path):
+  a = write_run(tmp_path / 'a')
+  b = write_run(tmp_path / 'b', config={'learning_rate': 0.002, 'hidden_sizes': [64]},
+                environment={'versions': {'jax': '0.10.3'},
+                             'git': {'commit': '1234567890abcdef1234567890abcdef12345678'},
+                             'data': {'source': '/data/b',
+                                      'sha256': {'t10k-labels-idx1-ubyte': '00000000'}},
+                             'command': ['python', 'other'], 'process_index': 1,
+                             'jax_config': {'jax_compilation_cache_dir': '/cache/b'}})
+  result = compare(a, b)
+  assert result.returncode == 0, result.stderr
+  out = result.stdout
+  assert 'settings (config.json): differ' in out
+  assert '  learning_rate: 0.001 -> 0.002\n' in out
+  assert '  hidden_sizes: [128, 128] -> [64]\n' in out
+  assert '  versions.jax: "0.10.2" -> "0.10.3"\n' in out
+  assert ('  git.commit: "8f34a4b6ca6d9a24e47c6621d780964da16a21bf" -> '
+          '"1234567890abcdef1234567890abcdef12345678"\n') in out
+  assert '  data.sha256.t10k-labels-idx1-ubyte: "ff7bcfd4" -> "00000000"\n' in out
+  # How and from where a run was launched is not compared.
+  for ignored in ('  command:', '  process_index:', '  data.source:', '  jax_config.'):
+    assert ignored not in out
+  # The verdict is about the numbers: these histories are the same.
+  assert verdict(result).startswith('verdict: IDENTICAL')
+
+
+def test_epochs_and_seeds_on_one_side_only(tmp_path):
+  a = write_run(tmp_path / 'a', seed=2, epochs=3)
+  b = write_run(tmp_path / 'b', seed=2, epochs=2)
+  result = compare(a, b, '--require_identical')
+  assert result.returncode == 1
+  assert 'epochs only in A: 3\n' in result.stdout
+  assert 'history.csv: 1 seed x 2 epochs compared' in result.stdout
+  assert verdict(result) == 'verdict: DIFFERENT (epochs only in A: 3)'
+  c = write_run(tmp_path / 'c', seed=5, epochs=2)
+  assert 'seeds only in A: 2; seeds only in B: 5' in verdict(compare(b, c))
+
+
+def test_two_sweeps_report_means_and_welch(tmp_path):
+  finals_a = {0: 0.9701, 1: 0.9723, 2: 0.9751, 3: 0.9712}
+  finals_b = {0: 0.9681, 1: 0.9690, 2: 0.9702, 3: 0.9675, 4: 0.9688}
+  a = write_sweep(tmp_path / 'a', finals_a)
+  b = write_sweep(tmp_path / 'b', finals_b, config={'learning_rate': 0.002})
+  result = compare(a, b, plot=tmp_path / 'sweeps.png')
+  assert result.returncode == 0, result.stderr
+  assert os.path.getsize(tmp_path / 'sweeps.png') > 10_000
+  out = result.stdout
+  sample_a, sample_b = list(finals_a.values()), list(finals_b.values())
+  for name, sample in (('A', sample_a), ('B', sample_b)):
+    line = (f'  {name}: {np.mean(sample):.6f} ± {np.std(sample, ddof=1):.6f} '
+            f'(mean ± std, n={len(sample)}; epoch 3)')
+    assert line in out, out
+  reference = scipy_stats.ttest_ind(sample_a, sample_b, equal_var=False)
+  match = re.search(r'^  A - B: ([-+.\d]+), 95% CI \[([-+.\d]+), ([-+.\d]+)\] .* p = (\S+)$',
+                    out, re.M)
+  assert match, out
+  difference, low, high, p_value = map(float, match.groups())
+  assert difference == pytest.approx(np.mean(sample_a) - np.mean(sample_b), abs=1e-6)
+  ci = reference.confidence_interval(0.95)
+  assert (low, high) == pytest.approx((ci.low, ci.high), abs=1e-6)
+  assert p_value == pytest.approx(reference.pvalue, rel=1e-5)
+  assert '  config.learning_rate: 0.001 -> 0.002\n' in out
+  assert '  seeds: [0, 1, 2, 3] -> [0, 1, 2, 3, 4]\n' in out
+  assert 'history.csv: 4 seeds x 3 epochs compared' in out
+  # The fake runs' accuracies differ in the last epoch only: 4 common seeds x 1 epoch.
+  assert verdict(result) == ('verdict: DIFFERENT (train_accuracy differs in 4 of 12 cells; '
+                             'test_accuracy differs in 4 of 12 cells; seeds only in B: 4)')
+
+
+def test_identical_sweeps_and_a_seed_without_records(tmp_path):
+  finals = {0: 0.97, 1: 0.971, 2: 0.9705}
+  a, b = write_sweep(tmp_path / 'a', finals), write_sweep(tmp_path / 'b', finals)
+  result = compare(a, b, '--require_identical')
+  assert result.returncode == 0, result.stdout
+  assert verdict(result) == ('verdict: IDENTICAL (bit for bit: 3 seeds x 3 epochs, '
+                             'timing columns aside)')
+  # A sweep still running: seed 2 has not finished an epoch.
+  os.remove(os.path.join(b, 'seed_2', 'history.csv'))
+  result = compare(a, b, '--require_identical')
+  assert result.returncode == 1
+  assert 'without records yet: 2' in result.stdout
+  assert verdict(result) == 'verdict: DIFFERENT (seeds only in A: 2)'
+
+
+def test_run_against_the_same_seed_of_a_sweep(tmp_path):
+  sweep = write_sweep(tmp_path / 'sweep', {0: 0.97, 1: 0.971, 2: 0.9705})
+  run = write_run(tmp_path / 'run', seed=1, final_accuracy=0.971)
+  for args in ((run, sweep), (sweep, run)):
+    result = compare(*args, '--require_identical')
+    assert result.returncode == 0, result.stdout
+    assert "compared with the sweep's seed_1; its other 2 seeds are not compared" in result.stdout
+    assert 'settings (config.json vs seed_1/config.json): same' in result.stdout
+    assert verdict(result).startswith('verdict: IDENTICAL (bit for bit: 1 seed x 3 epochs')
+  stranger = write_run(tmp_path / 'stranger', seed=7)
+  result = compare(stranger, sweep, '--require_identical')
+  assert result.returncode == 1
+  assert 'the sweep has no records for seed 7' in result.stdout
+  assert verdict(result) == 'verdict: DIFFERENT (seeds only in A: 7; no common seed)'
+
+
+def test_default_output_is_compare_png_in_the_working_directory(tmp_path):
+  a, b = write_run(tmp_path / 'a'), write_run(tmp_path / 'b')
+  result = subprocess.run([sys.executable, '-m', 'experiments.compare', a, b], cwd=tmp_path,
+                          env={**os.environ, 'PYTHONPATH': REPO}, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert 'plot: compare.png' in result.stdout
+  assert os.path.getsize(tmp_path / 'compare.png') > 10_000
+
+
+def _partial_history(path):
+  write_run(path)
+  with open(os.path.join(path, 'history.csv'), 'a') as f:
+    f.write('4,0.1,0.9')  # a row cut short, as if still being written
+  return str(path)
+
+
+def _bad_json(path):
+  write_run(path)
+  with open(os.path.join(path, 'config.json'), 'w') as f:
+    f.write('{"epochs": 3,')
+  return str(path)
+
+
+def _bad_cell(path):
+  return write_run(path, cells={(2, 'test_loss'): 'abc'})
+
+
+@pytest.mark.parametrize('make_b, expected', [
+    (lambda p: str(p / 'missing'), 'no such directory'),
+    (lambda p: str(p), 'neither a run (no config.json) nor a sweep (no sweep.json)'),
+    (_partial_history, 'ends in a partial row'),
+    (_bad_json, 'config.json: unreadable JSON'),
+    (_bad_cell, "test_loss 'abc' is not a number"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, make_b, expected):
+  a = write_run(tmp_path / 'a')
+  (tmp_path / 'b').mkdir()
+  result = compare(a, make_b(tmp_path / 'b'), '--require_identical',
+                   plot=tmp_path / 'compare.png')
+  assert result.returncode == 2
+  assert result.stderr.startswith('error: ') and expected in result.stderr, result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1 and 'Traceback' not in result.stderr
+  assert not (tmp_path / 'compare.png').exists()
+
+
+def test_one_directory_is_a_usage_error(tmp_path):
+  result = compare(write_run(tmp_path / 'a'))
+  assert result.returncode == 2 and 'expected two directories' in result.stderr
+
+
+def test_real_runs(tmp_path, cache_dir):
+  """The same real command twice is IDENTICAL; another learning rate is DIFFERENT."""
+  env = {**os.environ, 'MLP_JAX_COMPILATION_CACHE': cache_dir}
+  dirs, processes = {}, []
+  for name, extra in (('a', []), ('b', []), ('lr', ['--learning_rate=0.002'])):
+    dirs[name] = str(tmp_path / name)
+    processes.append(subprocess.Popen(  # concurrently: most of a 1-epoch run is start-up
+        [sys.executable, '-m', 'mlp_jax.main', '--epochs=1', '--seed=3',
+         f'--workdir={dirs[name]}', *extra], cwd=REPO, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True))
+  for process in processes:
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr
+  same = compare(dirs['a'], dirs['b'], '--require_identical')
+  assert same.returncode == 0, same.stdout + same.stderr
+  assert verdict(same) == ('verdict: IDENTICAL (bit for bit: 1 seed x 1 epoch, '
+                           'timing columns aside)')
+  assert re.search(r'^environment .*: same$', same.stdout, re.M), same.stdout
+  other = compare(dirs['a'], dirs['lr'], '--require_identical', plot=tmp_path / 'other.png')
+  assert other.returncode == 1, other.stdout + other.stderr
+  assert '  learning_rate: 0.001 -> 0.002\n' in other.stdout
+  assert verdict(other).startswith('verdict: DIFFERENT (train_loss differs in 1 of 1 cells')
+  assert os.path.getsize(tmp_path / 'other.png') > 10_000
