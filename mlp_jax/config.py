@@ -15,6 +15,10 @@ from mlp_jax.errors import UsageError
 
 # Size of the MNIST training set; a batch can be no larger.
 MNIST_TRAIN_SIZE = 60_000
+# The bundled canonical MNIST; any other --dataset name is loaded through TFDS.
+BUNDLED_DATASET = 'mnist'
+MODELS = ('mlp', 'cnn')
+LR_SCHEDULES = ('constant', 'cosine', 'warmup_cosine')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +37,15 @@ class TrainConfig:
       (a sweep uses it to hold the data order fixed).
     data_dir: directory holding the four MNIST IDX files; None means the copy
       bundled with the package.
+    model: 'mlp' or 'cnn' (see mlp_jax.models).
+    dropout: dropout rate in the model (0: none).
+    batch_norm: batch normalisation in the model.
+    augment: random shifts of up to 2 pixels of every training image, every epoch.
+    lr_schedule: 'constant', 'cosine' (decay to 0 over the run) or
+      'warmup_cosine' (linear warm-up over the first epoch, then cosine).
+    dataset: 'mnist' (the bundled canonical files) or a TFDS dataset name of
+      28x28x1 images (fashion_mnist, kmnist, emnist/digits, ...).
+    tfds_data_dir: where TFDS datasets are prepared (None: TFDS's default).
   """
 
   epochs: int = 100
@@ -43,6 +56,13 @@ class TrainConfig:
   init_seed: Optional[int] = None
   data_seed: Optional[int] = None
   data_dir: Optional[str] = None
+  model: str = 'mlp'
+  dropout: float = 0.0
+  batch_norm: bool = False
+  augment: bool = False
+  lr_schedule: str = 'constant'
+  dataset: str = BUNDLED_DATASET
+  tfds_data_dir: Optional[str] = None
 
   def __post_init__(self):
     # Normalise so that a config read back from JSON compares equal.
@@ -62,6 +82,16 @@ class TrainConfig:
     if not self.hidden_sizes or any(h < 1 for h in self.hidden_sizes):
       raise UsageError('--hidden_sizes must be a comma-separated list of positive '
                        f'integers, got {",".join(map(str, self.hidden_sizes)) or "nothing"}')
+    if self.model not in MODELS:
+      raise UsageError(f'--model must be one of {", ".join(MODELS)}, got {self.model!r}')
+    if not 0 <= self.dropout < 1:  # also rejects NaN
+      raise UsageError(f'--dropout must be in [0, 1), got {self.dropout}')
+    if self.lr_schedule not in LR_SCHEDULES:
+      raise UsageError(f'--lr_schedule must be one of {", ".join(LR_SCHEDULES)}, '
+                       f'got {self.lr_schedule!r}')
+    if self.dataset != BUNDLED_DATASET and self.data_dir is not None:
+      raise UsageError(f'--data_dir reads the MNIST IDX files; with --dataset={self.dataset} '
+                       'use --tfds_data_dir')
     for name in ('seed', 'init_seed', 'data_seed'):
       value = getattr(self, name)
       if value is not None and not 0 <= value < 2**32:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from mlp_jax.config import TrainConfig, parse_hidden_sizes
+from mlp_jax.config import LR_SCHEDULES, MODELS, TrainConfig, parse_hidden_sizes
 from mlp_jax.errors import UsageError
 from mlp_jax.run import RunOptions
 
@@ -32,6 +32,23 @@ def define_training_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                        'instead of --seed.', flag_values=flag_values)
   flags.DEFINE_string('data_dir', None, 'Directory with the four MNIST IDX files (gzipped '
                       'or raw). Default: the copy bundled with mlp_jax.', flag_values=flag_values)
+  flags.DEFINE_string('model', _DEFAULTS.model, f'Network: {" or ".join(MODELS)}.',
+                      flag_values=flag_values)
+  flags.DEFINE_float('dropout', _DEFAULTS.dropout, 'Dropout rate in [0, 1) (0: none).',
+                     flag_values=flag_values)
+  flags.DEFINE_bool('batch_norm', _DEFAULTS.batch_norm, 'Batch normalisation before each '
+                    'ReLU.', flag_values=flag_values)
+  flags.DEFINE_bool('augment', _DEFAULTS.augment, 'Random shifts of up to 2 pixels of the '
+                    'training images, drawn inside the compiled epoch.', flag_values=flag_values)
+  flags.DEFINE_string('lr_schedule', _DEFAULTS.lr_schedule,
+                      f'Learning-rate schedule: {", ".join(LR_SCHEDULES)}.',
+                      flag_values=flag_values)
+  flags.DEFINE_string('dataset', _DEFAULTS.dataset, 'mnist (the bundled canonical files) or '
+                      'a TFDS dataset of 28x28x1 images: fashion_mnist, kmnist, emnist/digits, '
+                      '...', flag_values=flag_values)
+  flags.DEFINE_string('tfds_data_dir', None, 'Where TFDS datasets are prepared (default: '
+                      'TFDS\'s own, $TFDS_DATA_DIR or ~/tensorflow_datasets).',
+                      flag_values=flag_values)
 
 
 def define_run_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -56,7 +73,9 @@ def config_from_flags(seed: int, flag_values: flags.FlagValues = flags.FLAGS) ->
   return TrainConfig(
       epochs=f.epochs, seed=seed, batch_size=f.batch_size, learning_rate=f.learning_rate,
       hidden_sizes=parse_hidden_sizes(f.hidden_sizes), init_seed=f.init_seed,
-      data_seed=f.data_seed, data_dir=f.data_dir).validate()
+      data_seed=f.data_seed, data_dir=f.data_dir, model=f.model, dropout=f.dropout,
+      batch_norm=f.batch_norm, augment=f.augment, lr_schedule=f.lr_schedule,
+      dataset=f.dataset, tfds_data_dir=f.tfds_data_dir).validate()
 
 
 def run_options_from_flags(flag_values: flags.FlagValues = flags.FLAGS,

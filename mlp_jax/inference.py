@@ -11,7 +11,7 @@ import numpy as np
 
 from mlp_jax import records
 from mlp_jax.errors import UsageError
-from mlp_jax.models import create_model
+from mlp_jax.models import create_model, num_classes_of
 from mlp_jax.train import to_pixels
 
 
@@ -27,12 +27,12 @@ def load_trained(workdir: str) -> Callable[[np.ndarray], np.ndarray]:
   if not os.path.isfile(params_path):
     raise UsageError(f'{workdir}: no trained parameters ({records.PARAMS_FILE}); '
                      'has the run finished?')
-  params = jax.device_put(records.load_params(params_path))
-  model = create_model(config)
+  variables = jax.device_put(records.load_params(params_path))
+  model = create_model(config, num_classes_of(variables))
 
   @jax.jit
   def _predict(images):
-    logits = model.apply({'params': params}, to_pixels(images.reshape(images.shape[0], -1)))
+    logits = model.apply(variables, to_pixels(images.reshape(images.shape[0], -1)), train=False)
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
   def predict(images: np.ndarray) -> np.ndarray:

@@ -1,36 +1,144 @@
-"""Flax Linen modules. Each is called only as `model.apply(variables, images)`."""
+"""Flax Linen modules. Each is called only as `model.apply(variables, images, train=...)`.
+
+Both models take float32 pixels in [0, 1] of shape [N, 784] (or [N, 28, 28])
+and return float32[N, num_classes] logits. With `batch_norm`, the variables hold
+a 'batch_stats' collection: batch statistics normalise in training (and update
+the running averages), the running averages normalise in evaluation. With
+`dropout > 0`, training needs an rng named 'dropout'; evaluation drops nothing.
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from mlp_jax.config import TrainConfig
 
-NUM_CLASSES = 10
+# Running averages of batch statistics: 0.9 tracks a model that changes within an
+# epoch of a few hundred steps (Flax's 0.99 lags by about 100 steps).
+BATCH_NORM_MOMENTUM = 0.9
+
+
+class _Block(nn.Module):
+  """Dense or conv output -> [batch norm] -> ReLU, shared by both models."""
+  batch_norm: bool
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+    if self.batch_norm:
+      x = nn.BatchNorm(use_running_average=not train, momentum=BATCH_NORM_MOMENTUM)(x)
+    return nn.relu(x)
+
+
+class Conv3x3(nn.Module):
+  """A 3x3 'SAME' convolution as im2col and one matmul: the nine shifted copies of
+  the input, concatenated on channels, times a [9 * C, features] kernel.
+
+  The same function and initialisation (LeCun normal over 9 * C inputs) as
+  nn.Conv(features, (3, 3)); written this way because XLA:CPU runs the
+  convolution's gradients about 15x slower than this matmul (measured: 1.24 s
+  against 0.08 s per batch of 128 for the CNN below).
+  """
+  features: int
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    """float32[N, H, W, C] -> float32[N, H, W, features]."""
+    h, w = x.shape[1], x.shape[2]
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    patches = jnp.concatenate([padded[:, i:i + h, j:j + w, :]
+                               for i in range(3) for j in range(3)], axis=-1)
+    return nn.Dense(self.features, use_bias=self.use_bias)(patches)
+
+
+def avg_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
+  """float32[N, H, W, C] -> float32[N, H/2, W/2, C], the mean of each 2x2 block."""
+  n, h, w, c = x.shape
+  return x.reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
 
 
 class MLP(nn.Module):
   """A multilayer perceptron on flattened images.
 
   Attributes:
-    hidden_sizes: widths of the hidden layers, each followed by a ReLU.
+    hidden_sizes: widths of the hidden layers, each Dense -> [BatchNorm] -> ReLU
+      -> [Dropout].
     num_classes: number of output logits.
+    dropout: rate of dropout after each hidden layer (0: none).
+    batch_norm: batch normalisation before each ReLU.
   """
   hidden_sizes: Sequence[int] = (128, 128)
-  num_classes: int = NUM_CLASSES
+  num_classes: int = 10
+  dropout: float = 0.0
+  batch_norm: bool = False
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    """float32[N, ...] pixels in [0, 1] -> float32[N, num_classes] logits."""
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     x = x.reshape((x.shape[0], -1))
     for width in self.hidden_sizes:
-      x = nn.relu(nn.Dense(width)(x))
+      # A bias before batch norm would be cancelled by its mean subtraction.
+      x = nn.Dense(width, use_bias=not self.batch_norm)(x)
+      x = _Block(self.batch_norm)(x, train)
+      if self.dropout:
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(self.num_classes)(x)
 
 
-def create_model(config: TrainConfig) -> nn.Module:
+class CNN(nn.Module):
+  """The Flax MNIST example's network: two 3x3 convolutions (32, 64 channels), each
+  followed by ReLU and 2x2 average pooling, then Dense 256 -> ReLU -> Dense.
+
+  Attributes:
+    num_classes: number of output logits.
+    dropout: rate of dropout before the output layer (0: none).
+    batch_norm: batch normalisation before each ReLU.
+  """
+  num_classes: int = 10
+  dropout: float = 0.0
+  batch_norm: bool = False
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    x = x.reshape((x.shape[0], 28, 28, 1))
+    for features in (32, 64):
+      x = Conv3x3(features, use_bias=not self.batch_norm)(x)
+      x = _Block(self.batch_norm)(x, train)
+      x = avg_pool_2x2(x)
+    x = x.reshape((x.shape[0], -1))
+    x = nn.Dense(256, use_bias=not self.batch_norm)(x)
+    x = _Block(self.batch_norm)(x, train)
+    if self.dropout:
+      x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    return nn.Dense(self.num_classes)(x)
+
+
+def create_model(config: TrainConfig, num_classes: int = 10) -> nn.Module:
   """The module a config describes."""
-  return MLP(hidden_sizes=config.hidden_sizes)
+  if config.model == 'mlp':
+    return MLP(hidden_sizes=config.hidden_sizes, num_classes=num_classes,
+               dropout=config.dropout, batch_norm=config.batch_norm)
+  if config.model == 'cnn':
+    return CNN(num_classes=num_classes, dropout=config.dropout, batch_norm=config.batch_norm)
+  raise ValueError(f'unknown model {config.model!r}')
+
+
+def num_classes_of(variables: Mapping[str, Any]) -> int:
+  """The number of logits of trained variables (the last layer's bias length)."""
+  params = variables['params']
+  last = max((k for k in params if k.startswith('Dense_')), key=lambda k: int(k[6:]))
+  return int(params[last]['bias'].shape[0])
+
+
+def describe(config: TrainConfig) -> str:
+  """A short name for titles: 'MLP (128, 128)', 'CNN + BN + dropout 0.25'."""
+  name = f'MLP {config.hidden_sizes}' if config.model == 'mlp' else 'CNN'
+  if config.batch_norm:
+    name += ' + BN'
+  if config.dropout:
+    name += f' + dropout {config.dropout:g}'
+  if config.augment:
+    name += ' + shifts'
+  return name

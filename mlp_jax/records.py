@@ -121,13 +121,13 @@ def history_columns(rows: Sequence[Mapping[str, str]]) -> Dict[str, np.ndarray]:
   return {c: np.array([float(r[c]) for r in rows]) for c in rows[0]}
 
 
-def save_params(path: str, params: Any) -> None:
-  """Writes a parameter pytree (nested dicts of arrays) as flax msgpack."""
-  write_bytes_atomic(path, serialization.msgpack_serialize(jax.tree.map(np.asarray, params)))
+def save_params(path: str, variables: Any) -> None:
+  """Writes trained variables ({'params': ..., 'batch_stats': ...}) as flax msgpack."""
+  write_bytes_atomic(path, serialization.msgpack_serialize(jax.tree.map(np.asarray, variables)))
 
 
 def load_params(path: str) -> Dict[str, Any]:
-  """Reads what save_params wrote: nested dicts of numpy arrays."""
+  """Reads what save_params wrote: the variables as nested dicts of numpy arrays."""
   with open(path, 'rb') as f:
     return serialization.msgpack_restore(f.read())
 

@@ -22,9 +22,9 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 import jax
 import numpy as np
 
-from mlp_jax import environment, plots, records
+from mlp_jax import environment, models, plots, records
 from mlp_jax.checkpoints import CHECKPOINT_DIR, ChunkCheckpoints
-from mlp_jax.config import TrainConfig
+from mlp_jax.config import BUNDLED_DATASET, TrainConfig
 from mlp_jax.data import Dataset, load_mnist
 from mlp_jax.mesh import SeedMesh
 from mlp_jax.errors import Interrupted, UsageError
@@ -89,7 +89,11 @@ def to_device(dataset: Dataset, mesh: SeedMesh) -> DeviceData:
 def load_data(config: TrainConfig) -> Dataset:
   """Validates `config`, loads its data and checks the config against it."""
   config.validate()
-  dataset = load_mnist(config.data_dir)
+  if config.dataset == BUNDLED_DATASET:
+    dataset = load_mnist(config.data_dir)
+  else:
+    from mlp_jax.tfds_data import load_tfds  # pylint: disable=g-import-not-at-top
+    dataset = load_tfds(config.dataset, config.tfds_data_dir)
   config.validate(train_size=len(dataset.train_labels))
   return dataset
 
@@ -163,11 +167,11 @@ class SeedRun:
     self.rows.append(row)
     records.append_history(self._path(records.HISTORY_FILE), row)
 
-  def finish(self, params: Any) -> None:
-    """Writes the curves and then the trained parameters: the run is complete."""
+  def finish(self, variables: Any) -> None:
+    """Writes the curves and then the trained variables: the run is complete."""
     plots.plot_history(records.history_columns(self.rows), self._path(records.CURVES_FILE),
-                       f'MLP {self.config.hidden_sizes}, seed {self.config.seed}')
-    records.save_params(self._path(records.PARAMS_FILE), params)
+                       f'{models.describe(self.config)}, seed {self.config.seed}')
+    records.save_params(self._path(records.PARAMS_FILE), variables)
 
 
 @dataclasses.dataclass
@@ -196,15 +200,15 @@ class _ChunkPrograms:
       t, d, m, w = self._trainer, self._data, self._mesh, self._width
       # Initial states are made on this process's default device for the whole chunk
       # (cheap), then each process places the rows of its own devices.
-      init = jax.jit(map_over_seeds(t.init, 2, w))
+      init = jax.jit(map_over_seeds(t.init, 3, w))
       keys = jax.ShapeDtypeStruct((size, 2), np.uint32)
-      states = jax.eval_shape(init, keys, keys)
+      states = jax.eval_shape(init, keys, keys, keys)
       states = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=m.by_seed),
                             states)
       epoch = jax.jit(m.shard(map_over_seeds(t.train_epoch, 1, w), 1, 2),
                       donate_argnums=0).lower(states, d.train_images, d.train_labels).compile()
       evaluate = jax.jit(m.shard(map_over_seeds(t.evaluate, 1, w), 1, 2)).lower(
-          states.params, d.test_images, d.test_labels).compile()
+          states, d.test_images, d.test_labels).compile()
       self._cache[size] = (init, epoch, evaluate)
       self.compile_seconds += time.perf_counter() - start
     return self._cache[size]
@@ -272,7 +276,8 @@ def train_seeds(configs: Sequence[TrainConfig], workdirs: Sequence[str],
     return timing
   mesh = SeedMesh()
   data = to_device(dataset, mesh)
-  trainer = make_trainer(configs[0], train_size=data.train_images.shape[0])
+  trainer = make_trainer(configs[0], train_size=data.train_images.shape[0],
+                         num_classes=dataset.num_classes)
   programs = _ChunkPrograms(trainer, data, mesh, options.vmap_width)
   with StopRequests() as stop:
     for start in range(0, len(todo), options.chunk_size):
@@ -285,8 +290,7 @@ def train_seeds(configs: Sequence[TrainConfig], workdirs: Sequence[str],
       runs = {row: SeedRun(configs[members[row]], workdirs[members[row]])
               for row in mesh.local_rows(size) if row < len(members)}
       keys = [seed_keys(configs[i]) for i in padded]
-      states = mesh.put_seeds(jax.device_get(init(np.stack([k[0] for k in keys]),
-                                                  np.stack([k[1] for k in keys]))))
+      states = mesh.put_seeds(jax.device_get(init(*(np.stack(k) for k in zip(*keys)))))
       checkpoints = None
       if options.checkpoint_every:
         checkpoints = ChunkCheckpoints(checkpoint_dir([configs[i].seed for i in members]),
@@ -316,8 +320,7 @@ def train_seeds(configs: Sequence[TrainConfig], workdirs: Sequence[str],
           train_metrics = mesh.local_seeds(train_metrics)
           epoch_seconds = time.perf_counter() - tick
           tick = time.perf_counter()
-          test_metrics = mesh.local_seeds(evaluate(states.params, data.test_images,
-                                                   data.test_labels))
+          test_metrics = mesh.local_seeds(evaluate(states, data.test_images, data.test_labels))
           eval_seconds = time.perf_counter() - tick
           epoch += 1
           timing.train_seconds += epoch_seconds
@@ -355,7 +358,8 @@ def train_seeds(configs: Sequence[TrainConfig], workdirs: Sequence[str],
 
 def _finish(runs: Dict[int, SeedRun], local_states: Dict[int, RunState]) -> None:
   for row, run in runs.items():
-    run.finish(local_states[row].params)
+    state = local_states[row]
+    run.finish({'params': state.params, **state.model_state})
 
 
 def _stop_message(signum: Optional[signal.Signals], epoch: int, options: RunOptions) -> str:

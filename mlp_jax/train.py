@@ -3,19 +3,19 @@
 The shape follows PureJaxRL: `make_trainer(config)` closes over the static settings
 and returns pure functions of one seed,
 
-    state = trainer.init(init_key, data_key)
+    state = trainer.init(*seed_keys(config))
     state, train_metrics = trainer.train_epoch(state, train_images, train_labels)
-    test_metrics = trainer.evaluate(state.params, test_images, test_labels)
+    test_metrics = trainer.evaluate(state, test_images, test_labels)
 
 `RunState` holds everything a run needs to continue (it is what a checkpoint
-captures), so a seed sweep is `jax.vmap` of the same functions over a leading seed
-axis and a sharded sweep splits that axis over devices.
+captures), so a seed sweep maps the same functions over a leading seed axis
+(`map_over_seeds`) and a sharded sweep splits that axis over devices.
 
 One epoch is one compiled call: the training set lives on the device as uint8,
-`jax.lax.scan` runs the optimizer steps, and each step gathers and casts its
-batch inside the program. The last partial batch of an epoch is dropped
-(`steps_per_epoch = train_size // batch_size`); the data is reshuffled every
-epoch, so every example is still seen.
+`jax.lax.scan` runs the optimizer steps, and each step gathers, casts (and, with
+`augment`, shifts) its batch inside the program. The last partial batch of an
+epoch is dropped (`steps_per_epoch = train_size // batch_size`); the data is
+reshuffled every epoch, so every example is still seen.
 """
 
 from __future__ import annotations
@@ -35,7 +35,14 @@ Metrics = Dict[str, jnp.ndarray]
 
 # Domain-separation constants for deriving the run's keys from its seeds.
 _INIT_STREAM = 0
-_DATA_STREAM = 1
+_ORDER_STREAM = 1
+_NOISE_STREAM = 2
+
+# Test examples evaluated per step: bounds evaluation memory (a CNN's activations
+# for 10,000 images at once would take about 1 GB).
+EVAL_BATCH = 1000
+# Random shifts of --augment: up to this many pixels in each direction.
+MAX_SHIFT = 2
 
 
 class RunState(NamedTuple):
@@ -44,37 +51,45 @@ class RunState(NamedTuple):
   Attributes:
     epoch: int32[] number of epochs completed.
     params: the model parameters (float32 pytree).
+    model_state: the model's other variables, e.g. {'batch_stats': ...} ({} if none).
     opt_state: optax state of the optimizer.
-    data_key: uint32[2] key of the data order; epoch e shuffles with
-      `fold_in(data_key, e)`, so the order of an epoch does not depend on how
-      the run got there (resumed or not).
+    order_key: uint32[2]; epoch e shuffles with `fold_in(order_key, e)`.
+    noise_key: uint32[2]; step i of epoch e draws dropout masks and shifts from
+      `fold_in(fold_in(noise_key, e), i)`. Keys are derived from the epoch, never
+      carried forward, so an epoch's randomness does not depend on how the run got
+      there (resumed or not).
   """
   epoch: jnp.ndarray
   params: PyTree
+  model_state: PyTree
   opt_state: optax.OptState
-  data_key: jnp.ndarray
+  order_key: jnp.ndarray
+  noise_key: jnp.ndarray
 
 
 class Trainer(NamedTuple):
   """Pure per-seed functions built from one config; see the module docstring."""
-  init: Callable[[jnp.ndarray, jnp.ndarray], RunState]
+  init: Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], RunState]
   train_epoch: Callable[[RunState, jnp.ndarray, jnp.ndarray], Tuple[RunState, Metrics]]
-  evaluate: Callable[[PyTree, jnp.ndarray, jnp.ndarray], Metrics]
+  evaluate: Callable[[RunState, jnp.ndarray, jnp.ndarray], Metrics]
   steps_per_epoch: int
   examples_per_epoch: int
 
 
-def seed_keys(config: TrainConfig) -> Tuple[jnp.ndarray, jnp.ndarray]:
-  """(init_key, data_key), each uint32[2], for the run `config` describes.
+def seed_keys(config: TrainConfig) -> Tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+  """(init_key, order_key, noise_key), each uint32[2], for the run `config` describes.
 
   init_key = fold_in(PRNGKey(init_seed or seed), 0) draws the initial parameters;
-  data_key = fold_in(PRNGKey(data_seed or seed), 1) draws the data order. Fixing
-  `init_seed` or `data_seed` across a sweep holds that source of randomness fixed.
+  order_key = fold_in(PRNGKey(data_seed or seed), 1) draws the data order;
+  noise_key = fold_in(PRNGKey(data_seed or seed), 2) draws dropout masks and
+  augmentation shifts. Fixing `init_seed` or `data_seed` across a sweep holds
+  that source of randomness fixed while the other varies with the seed.
   """
   init_seed = config.seed if config.init_seed is None else config.init_seed
   data_seed = config.seed if config.data_seed is None else config.data_seed
   return (jax.random.fold_in(jax.random.PRNGKey(init_seed), _INIT_STREAM),
-          jax.random.fold_in(jax.random.PRNGKey(data_seed), _DATA_STREAM))
+          jax.random.fold_in(jax.random.PRNGKey(data_seed), _ORDER_STREAM),
+          jax.random.fold_in(jax.random.PRNGKey(data_seed), _NOISE_STREAM))
 
 
 def to_pixels(images: jnp.ndarray) -> jnp.ndarray:
@@ -82,23 +97,31 @@ def to_pixels(images: jnp.ndarray) -> jnp.ndarray:
   return images.astype(jnp.float32) / 255.0
 
 
-def loss_and_correct(logits: jnp.ndarray, labels: jnp.ndarray) -> Tuple[jnp.ndarray, jnp.ndarray]:
-  """Mean softmax cross-entropy (float32[]) and number of correct predictions (int32[])
-  of float32[N, C] logits on integer labels[N].
+def random_shifts(key: jnp.ndarray, images: jnp.ndarray, max_shift: int = MAX_SHIFT
+                  ) -> jnp.ndarray:
+  """Shifts each uint8 image of [N, 784] by up to `max_shift` pixels in x and y,
+  filling with zeros (MNIST's background). Returns uint8[N, 784]."""
+  n = images.shape[0]
+  padded = jnp.pad(images.reshape(n, 28, 28), ((0, 0), (max_shift,) * 2, (max_shift,) * 2))
+  offsets = jax.random.randint(key, (n, 2), 0, 2 * max_shift + 1)
+  crop = lambda image, offset: jax.lax.dynamic_slice(image, offset, (28, 28))
+  return jax.vmap(crop)(padded, offsets).reshape(n, 784)
 
-  Accuracy leaves the device as a count, so the host divides exactly: 9520 of
-  10,000 is recorded as 0.952, not float32 0.95199996.
-  """
+
+def loss_and_correct(logits: jnp.ndarray, labels: jnp.ndarray) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  """Per-example softmax cross-entropy (float32[N]) and whether each prediction is
+  right (bool[N]), for float32[N, C] logits and integer labels[N]."""
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels.astype(jnp.int32))
-  correct = jnp.sum(jnp.argmax(logits, axis=-1) == labels, dtype=jnp.int32)
-  return loss.mean(), correct
+  return loss, jnp.argmax(logits, axis=-1) == labels
 
 
 def epoch_metrics(train_metrics: Metrics, test_metrics: Metrics, train_examples: int,
                   test_examples: int) -> Dict[str, Any]:
   """Host-side: device metrics of one epoch -> the four recorded numbers.
 
-  Losses stay float32 (np.float32); accuracies are exact fractions (Python float).
+  Accuracy leaves the device as a count, so the host divides exactly: 9520 of
+  10,000 is recorded as 0.952, not float32 0.95199996. Losses stay float32
+  (np.float32); accuracies are exact fractions (Python float).
   """
   return {
       'train_loss': np.float32(train_metrics['train_loss']),
@@ -108,31 +131,59 @@ def epoch_metrics(train_metrics: Metrics, test_metrics: Metrics, train_examples:
   }
 
 
-def make_trainer(config: TrainConfig, train_size: int) -> Trainer:
+def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+  """Adam with the config's learning-rate schedule (indexed by optimizer step)."""
+  total = config.epochs * steps_per_epoch
+  if config.lr_schedule == 'cosine':
+    learning_rate = optax.cosine_decay_schedule(config.learning_rate, decay_steps=total)
+  elif config.lr_schedule == 'warmup_cosine':
+    learning_rate = optax.warmup_cosine_decay_schedule(
+        0.0, config.learning_rate, warmup_steps=min(steps_per_epoch, total // 2),
+        decay_steps=total)
+  else:
+    learning_rate = config.learning_rate
+  return optax.adam(learning_rate)
+
+
+def make_trainer(config: TrainConfig, train_size: int, num_classes: int = 10) -> Trainer:
   """Builds the pure per-seed training functions for `config`.
 
   Args:
     config: the run's settings (validated).
     train_size: number of training examples the epochs will see.
+    num_classes: number of label values (logits of the model).
   """
-  model = create_model(config)
-  optimizer = optax.adam(config.learning_rate)
+  model = create_model(config, num_classes)
   batch_size = config.batch_size
   steps_per_epoch = train_size // batch_size
+  optimizer = make_optimizer(config, steps_per_epoch)
 
-  def init(init_key: jnp.ndarray, data_key: jnp.ndarray) -> RunState:
-    dummy = jnp.zeros((1, 784), jnp.float32)
-    params = model.init(init_key, dummy)['params']
-    return RunState(epoch=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=optimizer.init(params), data_key=data_key)
+  def init(init_key: jnp.ndarray, order_key: jnp.ndarray, noise_key: jnp.ndarray) -> RunState:
+    variables = model.init(init_key, jnp.zeros((1, 784), jnp.float32))
+    params = variables.pop('params')
+    return RunState(epoch=jnp.zeros((), jnp.int32), params=params, model_state=dict(variables),
+                    opt_state=optimizer.init(params), order_key=order_key,
+                    noise_key=noise_key)
 
-  def train_step(params, opt_state, images, labels):
+  def train_step(params, model_state, opt_state, images, labels, key):
+    dropout_key, shift_key = jax.random.split(key)
+    if config.augment:
+      images = random_shifts(shift_key, images)
+
     def loss_fn(p):
-      logits = model.apply({'params': p}, to_pixels(images))
-      return loss_and_correct(logits, labels)
-    (loss, correct), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+      variables = {'params': p, **model_state}
+      pixels, rngs = to_pixels(images), {'dropout': dropout_key}
+      if model_state:
+        logits, updated = model.apply(variables, pixels, train=True, rngs=rngs,
+                                      mutable=list(model_state))
+      else:
+        logits, updated = model.apply(variables, pixels, train=True, rngs=rngs), {}
+      loss, correct = loss_and_correct(logits, labels)
+      return loss.mean(), (correct.sum(dtype=jnp.int32), updated)
+
+    (loss, (correct, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss, correct
+    return optax.apply_updates(params, updates), dict(model_state), opt_state, loss, correct
 
   def train_epoch(state: RunState, images: jnp.ndarray, labels: jnp.ndarray
                   ) -> Tuple[RunState, Metrics]:
@@ -141,26 +192,46 @@ def make_trainer(config: TrainConfig, train_size: int) -> Trainer:
     Returns the new state and {'train_loss': mean of the batch losses (float32[]),
     'train_correct': correct predictions over the epoch (int32[])}.
     """
-    order = jax.random.permutation(jax.random.fold_in(state.data_key, state.epoch),
+    order = jax.random.permutation(jax.random.fold_in(state.order_key, state.epoch),
                                    images.shape[0])
     batches = order[:steps_per_epoch * batch_size].reshape(steps_per_epoch, batch_size)
+    epoch_noise = jax.random.fold_in(state.noise_key, state.epoch)
 
-    def step(carry, batch_indices):
-      params, opt_state = carry
-      params, opt_state, loss, correct = train_step(
-          params, opt_state, images[batch_indices], labels[batch_indices])
-      return (params, opt_state), (loss, correct)
+    def step(carry, inputs):
+      params, model_state, opt_state = carry
+      index, batch_indices = inputs
+      params, model_state, opt_state, loss, correct = train_step(
+          params, model_state, opt_state, images[batch_indices], labels[batch_indices],
+          jax.random.fold_in(epoch_noise, index))
+      return (params, model_state, opt_state), (loss, correct)
 
-    (params, opt_state), (losses, corrects) = jax.lax.scan(
-        step, (state.params, state.opt_state), batches)
-    new_state = state._replace(epoch=state.epoch + 1, params=params, opt_state=opt_state)
+    (params, model_state, opt_state), (losses, corrects) = jax.lax.scan(
+        step, (state.params, state.model_state, state.opt_state),
+        (jnp.arange(steps_per_epoch), batches))
+    new_state = state._replace(epoch=state.epoch + 1, params=params, model_state=model_state,
+                               opt_state=opt_state)
     return new_state, {'train_loss': losses.mean(), 'train_correct': corrects.sum()}
 
-  def evaluate(params: PyTree, images: jnp.ndarray, labels: jnp.ndarray) -> Metrics:
-    """Mean loss and correct count on the whole of uint8 images[N, 784] / labels[N]."""
-    logits = model.apply({'params': params}, to_pixels(images))
-    loss, correct = loss_and_correct(logits, labels)
-    return {'test_loss': loss, 'test_correct': correct}
+  def evaluate(state: RunState, images: jnp.ndarray, labels: jnp.ndarray) -> Metrics:
+    """Mean loss and correct count on the whole of uint8 images[N, 784] / labels[N],
+    in evaluation mode (no dropout, batch norm by its running averages)."""
+    n = images.shape[0]
+    chunks = -(-n // EVAL_BATCH)
+    pad = chunks * EVAL_BATCH - n
+    images = jnp.pad(images, ((0, pad), (0, 0))).reshape(chunks, EVAL_BATCH, -1)
+    labels = jnp.pad(labels, (0, pad)).reshape(chunks, EVAL_BATCH)
+    valid = (jnp.arange(chunks * EVAL_BATCH) < n).reshape(chunks, EVAL_BATCH)
+    variables = {'params': state.params, **state.model_state}
+
+    def chunk_sums(inputs):
+      chunk_images, chunk_labels, chunk_valid = inputs
+      logits = model.apply(variables, to_pixels(chunk_images), train=False)
+      loss, correct = loss_and_correct(logits, chunk_labels)
+      return (jnp.sum(loss, where=chunk_valid),
+              jnp.sum(correct, where=chunk_valid, dtype=jnp.int32))
+
+    losses, corrects = jax.lax.map(chunk_sums, (images, labels, valid))
+    return {'test_loss': losses.sum() / n, 'test_correct': corrects.sum()}
 
   return Trainer(init=init, train_epoch=train_epoch, evaluate=evaluate,
                  steps_per_epoch=steps_per_epoch,
