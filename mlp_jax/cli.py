@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -13,6 +14,17 @@ from absl import logging
 from mlp_jax.errors import Interrupted, UsageError
 
 USAGE_EXIT_CODE = 2
+
+
+def _exit(code: int) -> None:
+  """sys.exit, except in a multi-process job: there, exit at once rather than wait
+  for the other processes in JAX's shutdown barrier (launch.sh stops them)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.distributed.is_initialized():
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # pylint: disable=protected-access
+  sys.exit(code)
 
 
 def run(main: Callable[[Sequence[str]], None]) -> None:
@@ -28,9 +40,9 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
       main(argv)
     except UsageError as e:
       print(f'error: {e}', file=sys.stderr)
-      sys.exit(USAGE_EXIT_CODE)
+      _exit(USAGE_EXIT_CODE)
     except Interrupted as e:
       print(str(e), file=sys.stderr)
-      sys.exit(e.exit_code)
+      _exit(e.exit_code)
 
   app.run(guarded)

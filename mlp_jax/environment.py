@@ -54,6 +54,10 @@ def initialize_distributed() -> None:
   With neither, this is a single process and nothing happens.
   """
   address = os.environ.get('COORDINATOR_ADDRESS')
+  if address or os.environ.get('MLP_JAX_DISTRIBUTED') == 'auto':
+    # JAX's preemption service would swallow SIGTERM until our own handler is in
+    # place; the training loop handles SIGTERM itself (checkpoint, then exit).
+    jax.config.update('jax_enable_preemption_service', False)
   if address:
     if jax.config.jax_platforms in (None, '', 'cpu') or 'cpu' in str(jax.config.jax_platforms):
       # CPU devices of different processes talk through gloo (the default has no

@@ -106,6 +106,10 @@ def _bad_data_dir(tmp_path, kind):
     (['--hidden_sizes=abc'], '--hidden_sizes'),
     (['--no_such_flag=1'], 'no_such_flag'),
     (['stray_argument'], 'unexpected arguments'),
+    (['--model=xyz'], '--model'),
+    (['--dropout=1.5'], '--dropout'),
+    (['--lr_schedule=bogus'], '--lr_schedule'),
+    (['--dataset=no_such_dataset'], "TFDS dataset 'no_such_dataset' is unknown"),
     ('data_dir:missing', 'no such directory'),
     ('data_dir:empty', 'holds none of the four'),
     ('data_dir:truncated', 't10k-images-idx3-ubyte.gz: truncated'),
@@ -147,3 +151,16 @@ def test_finished_run_rerun_says_complete(two_epoch_runs, run_module):
   assert result.returncode == 0 and 'complete run' in result.stdout
   assert 'epoch 1/2' not in result.stdout
   assert _tree_bytes(workdir) == before
+
+
+def test_short_cnn_run_learns_and_loads(tmp_path, run_module, mnist):
+  """One epoch of the CNN with batch norm and dropout on the full data: >= 97%."""
+  workdir = tmp_path / 'cnn'
+  result = run_module('mlp_jax.main', '--model=cnn', '--batch_norm', '--dropout=0.25',
+                      '--epochs=1', '--checkpoint_every=0', f'--workdir={workdir}')
+  assert result.returncode == 0, result.stderr
+  rows = records.read_history(os.path.join(workdir, 'history.csv'))
+  assert float(rows[0]['test_accuracy']) >= 0.97
+  predict = mlp_jax.load_trained(str(workdir))
+  labels = predict(mnist.test_images)
+  assert np.mean(labels == mnist.test_labels) == float(rows[0]['test_accuracy'])

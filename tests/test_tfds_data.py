@@ -316,3 +316,24 @@ def test_default_mnist_path_never_imports_tfds():
   done = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True,
                         text=True, timeout=120)
   assert done.returncode == 0, done.stderr
+
+
+def test_training_on_a_prepared_tfds_dataset_end_to_end(tfds, tmp_path, mnist):
+  """`--dataset=fashion_mnist --tfds_data_dir=DIR` through the real loader and CLI."""
+  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  from conftest import REPO  # pylint: disable=g-import-not-at-top
+  data_dir = tmp_path / 'tfds'
+  prepare(tfds, data_dir, 'fashion_mnist', {
+      'train': (mnist.train_images[:2000], mnist.train_labels[:2000]),
+      'test': (mnist.test_images[:500], mnist.test_labels[:500])})
+  workdir = tmp_path / 'run'
+  result = subprocess.run(
+      [sys.executable, '-m', 'mlp_jax.main', '--dataset=fashion_mnist', f'--tfds_data_dir={data_dir}',
+       '--epochs=3', '--batch_size=100', f'--workdir={workdir}'],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr
+  rows = (workdir / 'history.csv').read_text().splitlines()
+  assert len(rows) == 4 and float(rows[-1].split(',')[4]) > 0.8  # digits relabelled as clothes
+  env = json.loads((workdir / 'environment.json').read_text())
+  assert env['data']['source'].startswith('tfds:fashion_mnist')
+  assert set(env['data']['sha256']) == {'train_images', 'train_labels', 'test_images', 'test_labels'}
