@@ -33,6 +33,12 @@ def run_module(cache_dir):
   return run
 
 
+def read(path, mode='r'):
+  """The whole content of a file (text, or bytes with mode='rb')."""
+  with open(path, mode) as f:
+    return f.read()
+
+
 def without_timing(history_text):
   """history.csv with the *_seconds columns removed: what must match bit for bit."""
   lines = history_text.splitlines()

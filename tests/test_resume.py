@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import REPO, without_timing
+from conftest import REPO, read, without_timing
 
 EPOCHS = 6
 
@@ -29,11 +29,6 @@ def _wait_for_rows(path, rows, process, timeout=300):
     assert process.poll() is None, process.communicate()
     time.sleep(0.02)
   raise AssertionError(f'{path} never reached {rows} rows')
-
-
-def _read(path, mode='r'):
-  with open(path, mode) as f:
-    return f.read()
 
 
 @pytest.fixture(scope='module')
@@ -57,7 +52,7 @@ def _kill_and_resume(module, args, watch, cache_dir, rows, sig):
   _wait_for_rows(watch, rows, process)
   process.send_signal(sig)
   process.communicate(timeout=120)
-  rows_after_kill = _read(watch).splitlines()
+  rows_after_kill = read(watch).splitlines()
   resumed = _popen(module, args, cache_dir)
   out, err = resumed.communicate(timeout=600)
   assert resumed.returncode == 0, err
@@ -77,14 +72,14 @@ def test_sigkill_then_resume_equals_uninterrupted_run(reference, tmp_path, cache
   assert process.returncode == -signal.SIGKILL
   resumed_from = _resumed_epoch(out)
   assert 1 <= resumed_from < EPOCHS
-  final_rows = _read(workdir / 'history.csv').splitlines()
+  final_rows = read(workdir / 'history.csv').splitlines()
   # Checkpointed epochs are not redone: those rows are untouched, timing cells included.
   assert final_rows[:1 + resumed_from] == rows_at_kill[:1 + resumed_from]
   assert f'epoch {resumed_from}/' not in out and f'epoch {resumed_from + 1}/' in out
-  assert without_timing(_read(workdir / 'history.csv')) == \
-      without_timing(_read(reference / 'single' / 'history.csv'))
-  assert _read(workdir / 'params.msgpack', 'rb') == \
-      _read(reference / 'single' / 'params.msgpack', 'rb')
+  assert without_timing(read(workdir / 'history.csv')) == \
+      without_timing(read(reference / 'single' / 'history.csv'))
+  assert read(workdir / 'params.msgpack', 'rb') == \
+      read(reference / 'single' / 'params.msgpack', 'rb')
 
 
 def test_sigkill_then_resume_a_sweep(reference, tmp_path, cache_dir):
@@ -95,11 +90,11 @@ def test_sigkill_then_resume_a_sweep(reference, tmp_path, cache_dir):
   assert process.returncode == -signal.SIGKILL and 'resumed' in out
   for seed in range(3):
     for name in ('history.csv',):
-      assert without_timing(_read(workdir / f'seed_{seed}' / name)) == \
-          without_timing(_read(reference / 'sweep' / f'seed_{seed}' / name))
-    assert _read(workdir / f'seed_{seed}' / 'params.msgpack', 'rb') == \
-        _read(reference / 'sweep' / f'seed_{seed}' / 'params.msgpack', 'rb')
-  assert _read(workdir / 'final.csv') == _read(reference / 'sweep' / 'final.csv')
+      assert without_timing(read(workdir / f'seed_{seed}' / name)) == \
+          without_timing(read(reference / 'sweep' / f'seed_{seed}' / name))
+    assert read(workdir / f'seed_{seed}' / 'params.msgpack', 'rb') == \
+        read(reference / 'sweep' / f'seed_{seed}' / 'params.msgpack', 'rb')
+  assert read(workdir / 'final.csv') == read(reference / 'sweep' / 'final.csv')
 
 
 @pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
@@ -114,14 +109,14 @@ def test_signal_stops_cleanly_and_resumes(sig, reference, tmp_path, cache_dir):
   assert f'stopped by {sig.name}' in err and 'run the same command again to resume' in err
   assert 'Traceback' not in err
   stopped_at = int(err.split('after epoch ')[1].split(';')[0])
-  assert len(_read(workdir / 'history.csv').splitlines()) == 1 + stopped_at
+  assert len(read(workdir / 'history.csv').splitlines()) == 1 + stopped_at
   assert not [n for n in os.listdir(workdir) if '.tmp' in n]  # no partial files
   resumed = _popen('mlp_jax.main', args, cache_dir)
   out, err = resumed.communicate(timeout=600)
   assert resumed.returncode == 0, err
   assert _resumed_epoch(out) == stopped_at
-  assert without_timing(_read(workdir / 'history.csv')) == \
-      without_timing(_read(reference / 'single' / 'history.csv'))
+  assert without_timing(read(workdir / 'history.csv')) == \
+      without_timing(read(reference / 'single' / 'history.csv'))
 
 
 def test_concurrent_use_is_refused(tmp_path, cache_dir):
@@ -143,7 +138,7 @@ def test_overwrite_starts_over(reference, tmp_path, run_module):
   assert run_module('mlp_jax.main', '--epochs=1', f'--workdir={workdir}').returncode == 0
   result = run_module('mlp_jax.main', '--epochs=2', '--overwrite', f'--workdir={workdir}')
   assert result.returncode == 0, result.stderr
-  assert len(_read(workdir / 'history.csv').splitlines()) == 3
+  assert len(read(workdir / 'history.csv').splitlines()) == 3
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['1', '2']
 
 

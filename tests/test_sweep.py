@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import without_timing
+from conftest import read, without_timing
 from experiments.sweep import parse_seeds
 from mlp_jax import stats
 from mlp_jax.errors import UsageError
@@ -27,11 +27,6 @@ def test_parse_seeds(text, seeds):
 def test_parse_seeds_rejects(text):
   with pytest.raises(UsageError, match='--seeds'):
     parse_seeds(text)
-
-
-def _read(path, mode='r'):
-  with open(path, mode) as f:
-    return f.read()
 
 
 @pytest.fixture(scope='module')
@@ -63,12 +58,12 @@ def runs(tmp_path_factory, cache_dir):
 @pytest.mark.parametrize('seed', [1, 2])
 def test_seed_in_any_sweep_equals_its_single_run_bit_for_bit(runs, sweep, seed):
   single, inside = runs[f'single{seed}'], os.path.join(runs[sweep], f'seed_{seed}')
-  assert without_timing(_read(os.path.join(inside, 'history.csv'))) == \
-      without_timing(_read(os.path.join(single, 'history.csv')))
-  assert _read(os.path.join(inside, 'params.msgpack'), 'rb') == \
-      _read(os.path.join(single, 'params.msgpack'), 'rb')
-  assert json.loads(_read(os.path.join(inside, 'config.json'))) == \
-      json.loads(_read(os.path.join(single, 'config.json')))
+  assert without_timing(read(os.path.join(inside, 'history.csv'))) == \
+      without_timing(read(os.path.join(single, 'history.csv')))
+  assert read(os.path.join(inside, 'params.msgpack'), 'rb') == \
+      read(os.path.join(single, 'params.msgpack'), 'rb')
+  assert json.loads(read(os.path.join(inside, 'config.json'))) == \
+      json.loads(read(os.path.join(single, 'config.json')))
 
 
 def test_sweep_writes_its_summaries(runs):
@@ -76,7 +71,7 @@ def test_sweep_writes_its_summaries(runs):
   for name in ('sweep.json', 'environment.json', 'summary.csv', 'final.csv', 'curves.png',
                'timing.json'):
     assert os.path.getsize(os.path.join(workdir, name)) > 0, name
-  sweep = json.loads(_read(os.path.join(workdir, 'sweep.json')))
+  sweep = json.loads(read(os.path.join(workdir, 'sweep.json')))
   assert sweep['seeds'] == [0, 1, 2, 3] and 'seed' not in sweep['config']
   histories = {s: list(csv.DictReader(open(os.path.join(workdir, f'seed_{s}', 'history.csv'))))
                for s in range(4)}
@@ -107,7 +102,7 @@ def test_fixing_init_and_data_seeds(tmp_path, run_module):
     result = run_module('experiments.sweep', '--seeds=0,1', '--epochs=1', f'--workdir={workdir}',
                         *extra)
     assert result.returncode == 0, result.stderr
-  history = lambda d, s: without_timing(_read(d / f'seed_{s}' / 'history.csv'))
+  history = lambda d, s: without_timing(read(d / f'seed_{s}' / 'history.csv'))
   assert history(both, 0) == history(both, 1)            # nothing random left to differ
   assert history(data_only, 0) != history(data_only, 1)  # initialisation still varies
 
@@ -117,7 +112,7 @@ def test_vmap_width_runs_and_records_its_setting(tmp_path, run_module):
   result = run_module('experiments.sweep', '--seeds=0-3', '--epochs=1', '--vmap_width=2',
                       f'--workdir={workdir}')
   assert result.returncode == 0, result.stderr
-  assert json.loads(_read(workdir / 'sweep.json'))['vmap_width'] == 2
+  assert json.loads(read(workdir / 'sweep.json'))['vmap_width'] == 2
   accuracy = float(list(csv.DictReader(open(workdir / 'seed_3' / 'history.csv')))[0]['test_accuracy'])
   assert accuracy > 0.9
 
