@@ -165,8 +165,9 @@ def run_sweep(config: TrainConfig, seeds: Sequence[int], workdir: str, options: 
         print(f'sweep: {workdir} holds a complete sweep; nothing to do', flush=True)
     except OSError as e:
       raise WorkdirError(describe_os_error(workdir, e)) from None
-  print(f'sweep: final test accuracy over {final.n} seeds: mean {final.mean:.4f} ± '
-        f'{final.std:.4f} (std), 95% CI [{final.ci95_low:.4f}, {final.ci95_high:.4f}]; '
+  spread = (f' ± {final.std:.4f} (std), 95% CI [{final.ci95_low:.4f}, {final.ci95_high:.4f}]'
+            if final.n > 1 else '')
+  print(f'sweep: final test accuracy over {final.n} seed(s): mean {final.mean:.4f}{spread}; '
         f'{timing.seed_epochs} seed-epochs trained in {timing.train_seconds:.1f}s; '
         f'records in {workdir}', flush=True)
   return final
