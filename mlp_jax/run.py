@@ -26,8 +26,8 @@ from mlp_jax import environment, models, plots, records
 from mlp_jax.checkpoints import CHECKPOINT_DIR, ChunkCheckpoints
 from mlp_jax.config import BUNDLED_DATASET, TrainConfig
 from mlp_jax.data import Dataset, load_mnist
-from mlp_jax.mesh import SeedMesh
 from mlp_jax.errors import Interrupted, UsageError
+from mlp_jax.mesh import SeedMesh
 from mlp_jax.progress import Progress
 from mlp_jax.train import (RunState, epoch_metrics, make_trainer, map_over_seeds,
                            seed_keys)
@@ -41,12 +41,12 @@ RUN_ENTRIES = (records.CONFIG_FILE, records.ENVIRONMENT_FILE, records.HISTORY_FI
 
 @dataclasses.dataclass(frozen=True)
 class RunOptions:
-  """How seeds are run; none of these changes a number in the history.
+  """How seeds are run. Only vmap_width > 1 changes a number in the history.
 
   Attributes:
     checkpoint_every: save a checkpoint every this many epochs (and after the
       last); 0 saves none, so an interrupted run starts over.
-    keep_checkpoints: how many of the newest checkpoints each seed keeps.
+    keep_checkpoints: how many of the newest checkpoints each chunk keeps.
     overwrite: start over in a workdir that holds a run with other settings.
     chunk_size: seeds held on the device and trained by one program at a time.
     vmap_width: seeds vectorised together inside a chunk (1: one after another,
