@@ -29,7 +29,7 @@ from absl import flags
 import jax
 import numpy as np
 
-from mlp_jax import cli, environment, plots, records, stats
+from mlp_jax import cli, environment, models, plots, records, stats
 from mlp_jax.checkpoints import CHECKPOINT_DIR
 from mlp_jax.config import TrainConfig
 from mlp_jax.errors import UsageError
@@ -107,7 +107,7 @@ def sweep_line(report: EpochReport) -> str:
           f'{report.epoch_seconds:.2f}s + eval {report.eval_seconds:.2f}s')
 
 
-def write_summaries(workdir: str, seeds: Sequence[int]) -> Dict[str, Any]:
+def write_summaries(workdir: str, seeds: Sequence[int], config: TrainConfig) -> Dict[str, Any]:
   """summary.csv, final.csv and curves.png from the seeds' history files."""
   histories = [records.history_columns(records.read_history(
       os.path.join(seed_dir(workdir, s), records.HISTORY_FILE))) for s in seeds]
@@ -117,7 +117,7 @@ def write_summaries(workdir: str, seeds: Sequence[int]) -> Dict[str, Any]:
   records.write_csv(os.path.join(workdir, FINAL_FILE),
                   stats.final_rows(list(seeds), curves['test_accuracy']))
   plots.plot_band(curves, os.path.join(workdir, records.CURVES_FILE),
-                  f'{len(seeds)} seeds: MLP, final test accuracy '
+                  f'{models.describe(config)}, {len(seeds)} seeds: mean final test accuracy '
                   f'{curves["test_accuracy"][:, -1].mean():.4f}')
   return stats.summarize(curves['test_accuracy'][:, -1])
 
@@ -158,7 +158,7 @@ def run_sweep(config: TrainConfig, seeds: Sequence[int], workdir: str, options: 
     try:
       if timing.seed_epochs or not os.path.exists(os.path.join(workdir, SUMMARY_FILE)):
         write_timing(os.path.join(workdir, records.TIMING_FILE), timing)
-        final = write_summaries(workdir, seeds)
+        final = write_summaries(workdir, seeds, config)
       else:
         final = stats.summarize(np.array([float(records.read_history(os.path.join(
             seed_dir(workdir, s), records.HISTORY_FILE))[-1]['test_accuracy']) for s in seeds]))

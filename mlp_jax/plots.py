@@ -62,6 +62,10 @@ def plot_band(curves: Mapping[str, np.ndarray], path: str, title: str) -> None:
       for run in values:
         ax.plot(epochs, run, color=color, alpha=0.15, linewidth=0.7)
       mean, low, high = mean_ci(values)
+      if ax is loss_ax:
+        # A log axis cannot show a band reaching zero or below: cut it at the
+        # lowest seed, which the faint lines show anyway.
+        low = np.maximum(low, values.min(axis=0))
       ax.plot(epochs, mean, color=color, linewidth=2,
               label=f'{split} mean of {values.shape[0]}')
       ax.fill_between(epochs, low, high, color=color, alpha=0.3, label=f'{split} 95% CI')
