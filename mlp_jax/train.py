@@ -92,6 +92,28 @@ def seed_keys(config: TrainConfig) -> Tuple[jnp.ndarray, jnp.ndarray, jnp.ndarra
           jax.random.fold_in(jax.random.PRNGKey(data_seed), _NOISE_STREAM))
 
 
+def permutation(key: jnp.ndarray, n: int) -> jnp.ndarray:
+  """`jax.random.permutation(key, n)`, bit for bit, several times faster on CPU.
+
+  jax.random.permutation stable-sorts (random uint32 key, position) pairs, in
+  two rounds for n = 60,000, and XLA:CPU sorts pairs through a generic
+  comparator (measured: 22 ms of a 172 ms epoch). A stable sort by key is a sort
+  by (key, position), so sorting the one uint64 array `key << 32 | position`,
+  whose entries are all distinct, gives the same order through XLA's fast sort
+  of a single array. tests/test_train.py checks that the two agree.
+  """
+  rounds = int(np.ceil(3 * np.log(max(1, n)) / np.log(np.iinfo(np.uint32).max)))
+  x = jnp.arange(n)
+  for _ in range(rounds):
+    key, subkey = jax.random.split(key)
+    sort_keys = jax.random.bits(subkey, (n,), jnp.uint32)
+    with jax.enable_x64(True):
+      composite = sort_keys.astype(jnp.uint64) << 32 | jnp.arange(n, dtype=jnp.uint64)
+      order = (jax.lax.sort(composite) & 0xFFFFFFFF).astype(jnp.int32)
+    x = x[order]
+  return x
+
+
 def to_pixels(images: jnp.ndarray) -> jnp.ndarray:
   """uint8[N, ...] -> float32[N, ...] in [0, 1]."""
   return images.astype(jnp.float32) / 255.0
@@ -192,8 +214,7 @@ def make_trainer(config: TrainConfig, train_size: int, num_classes: int = 10) ->
     Returns the new state and {'train_loss': mean of the batch losses (float32[]),
     'train_correct': correct predictions over the epoch (int32[])}.
     """
-    order = jax.random.permutation(jax.random.fold_in(state.order_key, state.epoch),
-                                   images.shape[0])
+    order = permutation(jax.random.fold_in(state.order_key, state.epoch), images.shape[0])
     batches = order[:steps_per_epoch * batch_size].reshape(steps_per_epoch, batch_size)
     epoch_noise = jax.random.fold_in(state.noise_key, state.epoch)
 

@@ -157,3 +157,19 @@ def test_learning_rate_schedules(schedule):
   if schedule == 'warmup_cosine':
     assert sizes[0] < 1e-5 and max(sizes) == pytest.approx(1e-3, rel=1e-2)
     assert int(np.argmax(sizes)) in range(95, 105)  # peak after one epoch of warm-up
+
+
+@pytest.mark.parametrize('n', [1, 2, 10, 1000, 60_000])
+def test_permutation_is_jax_random_permutation_bit_for_bit(n):
+  for seed in range(4):
+    for epoch in range(3):
+      key = jax.random.fold_in(jax.random.PRNGKey(seed), epoch)
+      expected = jax.random.permutation(key, n)
+      got = jax.jit(train.permutation, static_argnums=1)(key, n)
+      assert got.dtype == expected.dtype and np.array_equal(got, expected)
+
+
+def test_permutation_agrees_under_vmap():
+  keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(4))
+  got = jax.jit(jax.vmap(lambda k: train.permutation(k, 60_000)))(keys)
+  assert np.array_equal(got, jax.vmap(lambda k: jax.random.permutation(k, 60_000))(keys))

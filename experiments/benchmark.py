@@ -1,0 +1,413 @@
+"""How fast is this machine for mlp_jax: `python -m experiments.benchmark [--quick]`.
+
+One run measures, on whatever backend JAX finds:
+
+  matmul    GFLOP/s of a large jitted float32 matmul, best of several after a
+            warm-up: the backend's practical peak.
+  epoch     steady-state epoch time of the seed config (MLP 784-128-128-10, batch
+            128, Adam 1e-3, all of MNIST) on the project's own code path
+            (make_trainer, to_device, jit with donate_argnums=0 as mlp_jax.run
+            does): the median over the epochs after the first, its training
+            GFLOP/s and fraction of the matmul peak, and the eval time.
+  start-up  `python -m mlp_jax.main --epochs=1` with a fresh (cold), then the same
+            (warm) compilation cache: wall time of the process and the
+            first_epoch_done/startup/compile seconds it writes in timing.json.
+  memory    peak resident set of `python -m mlp_jax.main --epochs=2` (warm cache).
+  sweep     seed-epochs per second of `python -m experiments.sweep` at 1, 8 and 32
+            seeds, in the program (its timing.json) and by wall time.
+
+It prints a table with the targets (PASS/FAIL) and writes every number, with the
+machine it ran on, to --output (benchmark.json). Each section also records the
+share of the CPU that other processes took while it ran (from /proc/stat); above
+5% the table warns and marks the verdicts it affects as noisy.
+
+Training FLOPs count matmul FLOPs only (biases, activations, loss and Adam are
+ignored): per example 2*W for the forward pass, 2*W for the weight gradients and
+2*W' for the input gradients of every layer but the first, where W is the number
+of weights and W' that of the layers after the first. An epoch trains
+`trainer.examples_per_epoch` examples (59,904 for batch 128: the last partial
+batch is dropped).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from absl import flags
+import jax
+import jax.numpy as jnp
+
+from mlp_jax import cli, environment, records
+from mlp_jax.config import TrainConfig
+from mlp_jax.data import load_mnist
+from mlp_jax.errors import UsageError
+from mlp_jax.flags import reject_extra_arguments
+from mlp_jax.mesh import SeedMesh
+from mlp_jax.run import to_device
+from mlp_jax.train import make_trainer, seed_keys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INPUT_SIZE = 784
+NUM_CLASSES = 10
+
+# The targets the table marks PASS or FAIL.
+MIN_FRACTION_OF_PEAK = 0.50
+MAX_WARM_FIRST_EPOCH_SECONDS = 3.0
+MAX_PEAK_RSS_BYTES = 1_000_000_000
+# Above this share of the CPU taken by other processes, the table warns.
+NOISY_CPU_FRACTION = 0.05
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """The benchmark's flags (defined when run, so importing it defines none)."""
+  flags.DEFINE_bool('quick', False, 'Fewer repeats and a smaller sweep: under a minute.',
+                    flag_values=flag_values)
+  flags.DEFINE_string('output', 'benchmark.json', 'Where to write the measurements (JSON).',
+                      flag_values=flag_values)
+
+
+def cpu_sample() -> Optional[Tuple[float, float, float]]:
+  """(all cores' seconds, their busy seconds, this process's and its children's CPU
+  seconds) so far, from /proc/stat (Linux); None elsewhere."""
+  try:
+    with open('/proc/stat') as f:
+      user, nice, system, idle, iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+  except (OSError, ValueError):
+    return None
+  tick = os.sysconf('SC_CLK_TCK')
+  busy = user + nice + system + irq + softirq + steal
+  own = os.times()
+  return ((busy + idle + iowait) / tick, busy / tick,
+          own.user + own.system + own.children_user + own.children_system)
+
+
+def other_cpu_fraction(before: Optional[Tuple[float, float, float]],
+                       after: Optional[Tuple[float, float, float]]) -> Optional[float]:
+  """Fraction of the machine's CPU time between two cpu_sample()s used by other
+  processes: well above 0 means they competed with the measurement."""
+  if before is None or after is None or after[0] <= before[0]:
+    return None
+  other = (after[1] - before[1]) - (after[2] - before[2])
+  return max(0.0, other / (after[0] - before[0]))
+
+
+def training_flops_per_example(hidden_sizes: Sequence[int], input_size: int = INPUT_SIZE,
+                               num_classes: int = NUM_CLASSES) -> int:
+  """Matmul FLOPs of one training example: forward, weight and input gradients.
+
+  The first layer needs no input gradient (its input is the data), so for
+  784-128-128-10 this is 2*118,016 + 2*118,016 + 2*17,664 = 507,392.
+  """
+  widths = [input_size, *hidden_sizes, num_classes]
+  weights = [n_in * n_out for n_in, n_out in zip(widths[:-1], widths[1:])]
+  return 2 * sum(weights) + 2 * sum(weights) + 2 * sum(weights[1:])
+
+
+def matmul_peak(size: int, repeats: int) -> Dict[str, Any]:
+  """GFLOP/s of a jitted float32 [size, size] @ [size, size], best of `repeats`."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
+  b = jax.random.normal(jax.random.PRNGKey(1), (size, size), jnp.float32)
+  matmul = jax.jit(jnp.matmul)
+  matmul(a, b).block_until_ready()  # compile and warm up
+  seconds = []
+  for _ in range(repeats):
+    tick = time.perf_counter()
+    matmul(a, b).block_until_ready()
+    seconds.append(time.perf_counter() - tick)
+  return {'size': size, 'repeats': repeats, 'seconds': seconds,
+          'gflops': 2 * size**3 / min(seconds) / 1e9}
+
+
+def measure_epochs(epochs: int) -> Dict[str, Any]:
+  """Trains the seed config for `epochs` epochs on the project's code path, timing each.
+
+  One seed's `train_epoch`, jitted with its state donated as mlp_jax.run does;
+  each epoch is timed to its metrics on the host, and the steady state is the
+  median of all epochs but the first.
+  """
+  config = TrainConfig()
+  data = to_device(load_mnist(), SeedMesh())
+  trainer = make_trainer(config, train_size=data.train_images.shape[0])
+  state = jax.jit(trainer.init)(*seed_keys(config))
+  train_epoch = jax.jit(trainer.train_epoch, donate_argnums=0).lower(
+      state, data.train_images, data.train_labels).compile()
+  evaluate = jax.jit(trainer.evaluate).lower(state, data.test_images, data.test_labels).compile()
+  epoch_seconds, eval_seconds = [], []
+  for _ in range(epochs):
+    tick = time.perf_counter()
+    state, metrics = train_epoch(state, data.train_images, data.train_labels)
+    jax.device_get(metrics)
+    epoch_seconds.append(time.perf_counter() - tick)
+    tick = time.perf_counter()
+    jax.device_get(evaluate(state, data.test_images, data.test_labels))
+    eval_seconds.append(time.perf_counter() - tick)
+  flops = training_flops_per_example(config.hidden_sizes)
+  steady = statistics.median(epoch_seconds[1:])
+  return {'config': config.to_dict(), 'epoch_seconds': epoch_seconds,
+          'eval_seconds': eval_seconds, 'steady_epoch_seconds': steady,
+          'steady_eval_seconds': statistics.median(eval_seconds[1:]),
+          'examples_per_epoch': trainer.examples_per_epoch,
+          'flops_per_example': flops,
+          'gflops': flops * trainer.examples_per_epoch / steady / 1e9}
+
+
+def run_child(module: str, args: Sequence[str], cache_dir: str, log_path: str
+              ) -> Dict[str, Any]:
+  """Runs `python -m module args` from the repository, waiting with os.wait4.
+
+  Returns its wall time, exit code, the last line of its output if it failed,
+  and its peak resident set: ru_maxrss of this one child as wait4 reports it
+  (RUSAGE_CHILDREN would be the maximum over every child so far, not this one's).
+  """
+  env = {**os.environ, environment.CACHE_DIR_ENV: cache_dir}
+  with open(log_path, 'wb') as log:
+    tick = time.perf_counter()
+    process = subprocess.Popen([sys.executable, '-m', module, *args], cwd=REPO, env=env,
+                               stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    try:
+      _, status, usage = os.wait4(process.pid, 0)
+    except BaseException:
+      process.kill()
+      process.wait()
+      raise
+    wall = time.perf_counter() - tick
+  process.returncode = os.waitstatus_to_exitcode(status)
+  # ru_maxrss is in KiB on Linux, in bytes on macOS.
+  rss_unit = 1 if sys.platform == 'darwin' else 1024
+  result = {'command': ['python', '-m', module, *args], 'wall_seconds': wall,
+            'returncode': process.returncode, 'peak_rss_bytes': usage.ru_maxrss * rss_unit}
+  if process.returncode != 0:
+    with open(log_path, errors='replace') as f:
+      lines = [line.strip() for line in f if line.strip()]
+    result['error'] = lines[-1] if lines else f'exit code {process.returncode}'
+  return result
+
+
+def run_timed_main(scratch: str, name: str, cache_dir: str, epochs: int) -> Dict[str, Any]:
+  """`python -m mlp_jax.main --epochs=N` in a new workdir, with its timing.json."""
+  workdir = os.path.join(scratch, name)
+  result = run_child('mlp_jax.main', [f'--epochs={epochs}', f'--workdir={workdir}'],
+                     cache_dir, os.path.join(scratch, f'{name}.log'))
+  if result['returncode'] == 0:
+    result['timing'] = records.read_json(os.path.join(workdir, records.TIMING_FILE))
+  return result
+
+
+def measure_startup(scratch: str, cache_dir: str, warm_repeats: int) -> Dict[str, Any]:
+  """One run with `cache_dir` empty (cold), then `warm_repeats` with it filled."""
+  cold = run_timed_main(scratch, 'cold', cache_dir, epochs=1)
+  warm = [run_timed_main(scratch, f'warm{i}', cache_dir, epochs=1) for i in range(warm_repeats)]
+  ok = [run['timing']['first_epoch_done_seconds'] for run in warm
+        if run.get('timing', {}).get('first_epoch_done_seconds') is not None]
+  return {'cold': cold, 'warm': warm,
+          'warm_first_epoch_done_seconds': statistics.median(ok) if ok else None}
+
+
+def sweep_available() -> bool:
+  """Whether this checkout has the sweep entry point (experiments/sweep.py)."""
+  return os.path.isfile(os.path.join(REPO, 'experiments', 'sweep.py'))
+
+
+def measure_sweep(scratch: str, cache_dir: str, seed_counts: Sequence[int],
+                  epochs: int) -> Dict[str, Any]:
+  """Seed-epochs per second of experiments.sweep for each number of seeds."""
+  if not sweep_available():
+    return {'available': False}
+  runs = []
+  for seeds in seed_counts:
+    workdir = os.path.join(scratch, f'sweep{seeds}')
+    run = run_child('experiments.sweep', [f'--seeds=0-{seeds - 1}', f'--epochs={epochs}',
+                                          f'--workdir={workdir}'],
+                    cache_dir, os.path.join(scratch, f'sweep{seeds}.log'))
+    run.update(seeds=seeds, epochs=epochs)
+    if run['returncode'] == 0:
+      try:
+        timing = records.read_json(os.path.join(workdir, records.TIMING_FILE))
+        run.update(train_seconds=timing['train_seconds'], seed_epochs=timing['seed_epochs'],
+                   seed_epochs_per_second=timing['seed_epochs'] / timing['train_seconds'],
+                   seed_epochs_per_wall_second=timing['seed_epochs'] / run['wall_seconds'])
+      except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError) as e:
+        run['error'] = f'unreadable {records.TIMING_FILE}: {e!r}'
+    runs.append(run)
+  return {'available': True, 'runs': runs}
+
+
+def check_targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
+  """Each target with its measured value, whether it passed (None: not measured),
+  and whether other processes took enough CPU during its timing to make it noisy."""
+  epoch, matmul = results.get('epoch'), results.get('matmul')
+  fraction = epoch['gflops'] / matmul['gflops'] if epoch and matmul else None
+  warm = (results.get('startup') or {}).get('warm_first_epoch_done_seconds')
+  memory = results.get('memory') or {}
+  rss = memory.get('peak_rss_bytes') if memory.get('returncode') == 0 else None
+  targets = [('steady-state epoch, fraction of matmul peak', fraction, '>=',
+              MIN_FRACTION_OF_PEAK, ('matmul', 'epoch')),
+             ('warm start-up to first finished epoch (s)', warm, '<=',
+              MAX_WARM_FIRST_EPOCH_SECONDS, ('startup',)),
+             ('peak RSS (bytes)', rss, '<=', MAX_PEAK_RSS_BYTES, ())]
+  return [{'name': name, 'value': value, 'comparison': op, 'limit': limit,
+           'passed': None if value is None else
+                     (value >= limit if op == '>=' else value <= limit),
+           'noisy': any((results.get(key) or {}).get('other_cpu_fraction') is not None and
+                        results[key]['other_cpu_fraction'] > NOISY_CPU_FRACTION
+                        for key in timed_by)}
+          for name, value, op, limit, timed_by in targets]
+
+
+def _verdict(target: Dict[str, Any]) -> str:
+  verdict = {True: 'PASS', False: 'FAIL', None: 'n/a'}[target['passed']]
+  return f'{verdict} (noisy)' if target.get('noisy') and target['passed'] is not None else verdict
+
+
+def _seconds(value: Any) -> str:
+  return f'{value:.2f}' if isinstance(value, (int, float)) else 'n/a'
+
+
+def _child_rows(label: str, run: Dict[str, Any]) -> List[Tuple[str, str, str]]:
+  """Rows of one mlp_jax.main subprocess: wall time and its timing.json, or its error."""
+  if run['returncode'] != 0:
+    return [(label, 'failed', ''), ('  error', run.get('error', ''), '')]
+  t = run['timing']
+  return [(label, f'{run["wall_seconds"]:.2f} s wall', ''),
+          ('  first epoch done / start-up / compile (timing.json)',
+           ' / '.join(_seconds(t.get(k)) for k in ('first_epoch_done_seconds',
+                                                   'startup_seconds', 'compile_seconds'))
+           + ' s', '')]
+
+
+def table_rows(results: Dict[str, Any]) -> List[Tuple[str, str, str]]:
+  """(measurement, value, target and verdict) rows of the printed table."""
+  targets = {t['name']: t for t in results['targets']}
+  rows = []
+  matmul, epoch = results['matmul'], results['epoch']
+  rows.append((f'matmul peak, {matmul["size"]}^2 float32, best of {matmul["repeats"]}',
+               f'{matmul["gflops"]:.1f} GFLOP/s', ''))
+  timed = len(epoch['epoch_seconds']) - 1
+  after_first = epoch['epoch_seconds'][1:]
+  rows.append((f'epoch, median of {timed} after the first',
+               f'{epoch["steady_epoch_seconds"]:.4f} s', ''))
+  rows.append(('  fastest / slowest of them', f'{min(after_first):.4f} / {max(after_first):.4f} s',
+               ''))
+  rows.append((f'  training GFLOP/s ({epoch["flops_per_example"]:,} FLOP x '
+               f'{epoch["examples_per_epoch"]:,} examples)', f'{epoch["gflops"]:.1f} GFLOP/s', ''))
+  fraction = targets['steady-state epoch, fraction of matmul peak']
+  rows.append(('  fraction of matmul peak', f'{fraction["value"]:.3f}',
+               f'>= {MIN_FRACTION_OF_PEAK:.2f} {_verdict(fraction)}'))
+  rows.append(('eval of 10,000 test examples, median', f'{epoch["steady_eval_seconds"]:.4f} s',
+               ''))
+  startup = results['startup']
+  rows += _child_rows('start-up, cold cache (--epochs=1)', startup['cold'])
+  for run in startup['warm']:
+    rows += _child_rows('start-up, warm cache (--epochs=1)', run)
+  warm = targets['warm start-up to first finished epoch (s)']
+  rows.append(('  warm: process start to first epoch, median',
+               'n/a' if warm['value'] is None else f'{warm["value"]:.2f} s',
+               f'<= {MAX_WARM_FIRST_EPOCH_SECONDS:.1f} s {_verdict(warm)}'))
+  rss = targets['peak RSS (bytes)']
+  memory = results['memory']
+  rows.append(('peak RSS, --epochs=2, warm cache (wait4 ru_maxrss)',
+               'failed' if rss['value'] is None else f'{rss["value"] / 1e6:.0f} MB',
+               f'<= {MAX_PEAK_RSS_BYTES / 1e6:.0f} MB {_verdict(rss)}'))
+  if 'error' in memory:
+    rows.append(('  error', memory['error'], ''))
+  sweep = results['sweep']
+  if not sweep['available']:
+    rows.append(('sweep', 'not available (no experiments/sweep.py)', ''))
+  for run in sweep.get('runs', []):
+    label = f'sweep, {run["seeds"]} seed{"s" if run["seeds"] > 1 else ""} x {run["epochs"]} epochs'
+    if 'error' in run:
+      rows += [(label, 'failed', ''), ('  error', run['error'], '')]
+    else:
+      rows.append((label, f'{run["seed_epochs_per_second"]:.2f} seed-epochs/s in program, '
+                          f'{run["seed_epochs_per_wall_second"]:.2f} by wall '
+                          f'({run["wall_seconds"]:.1f} s)', ''))
+  shares = [(key, results[key].get('other_cpu_fraction'))
+            for key in ('matmul', 'epoch', 'startup', 'memory', 'sweep')]
+  rows.append(('CPU taken by other processes during',
+               ', '.join(f'{key} {"n/a" if share is None else f"{share:.0%}"}'
+                         for key, share in shares), ''))
+  if any(share is not None and share > NOISY_CPU_FRACTION for _, share in shares):
+    rows.append(('  warning', 'other processes competed for the CPU: timings are too slow '
+                 'and verdicts marked (noisy) are not to be trusted', ''))
+  return rows
+
+
+def format_header(machine: Dict[str, Any]) -> str:
+  platform = machine['platform']
+  return (f'machine: {platform["cpu"]}, {platform["cpu_count"]} cores; backend '
+          f'{machine["backend"]} ({machine["device_kind"]} x {machine["device_count"]}); '
+          f'jax {machine["versions"]["jax"]}, jaxlib {machine["versions"]["jaxlib"]}')
+
+
+def format_table(results: Dict[str, Any]) -> str:
+  """The header and the table, as printed."""
+  rows = table_rows(results)
+  # Long values (errors, sweep lines) have no target: they do not widen the column.
+  widths = [max(len(row[0]) for row in rows), max(len(row[1]) for row in rows if row[2])]
+  lines = [format_header(results['machine']), '']
+  lines += [f'{a:<{widths[0]}}  {b:<{widths[1]}}  {c}'.rstrip() for a, b, c in rows]
+  return '\n'.join(lines)
+
+
+def write_results(path: str, results: Dict[str, Any]) -> None:
+  try:
+    records.write_json(path, results)
+  except OSError as e:
+    raise UsageError(f'--output={path}: cannot write: {e.strerror}') from None
+
+
+def run_benchmark(quick: bool) -> Dict[str, Any]:
+  """Every measurement; `quick` cuts repeats and the sweep to stay under a minute.
+
+  Each section records `other_cpu_fraction`, the share of the CPU other processes
+  took while it ran.
+  """
+  machine = environment.describe()
+  print(format_header(machine), flush=True)
+  results: Dict[str, Any] = {'quick': quick, 'machine': machine}
+  with tempfile.TemporaryDirectory(prefix='mlp_jax_benchmark_') as scratch:
+    cache_dir = os.path.join(scratch, 'xla_cache')
+    os.makedirs(cache_dir)
+    sections = [
+        ('matmul', 'matmul peak', lambda: matmul_peak(2048, repeats=5 if quick else 20)),
+        ('epoch', 'epochs of the seed config', lambda: measure_epochs(4 if quick else 11)),
+        ('startup', 'start-up (subprocesses)',
+         lambda: measure_startup(scratch, cache_dir, warm_repeats=1 if quick else 3)),
+        ('memory', 'peak memory (subprocess)',
+         lambda: run_timed_main(scratch, 'memory', cache_dir, epochs=2)),
+        ('sweep', 'sweep (subprocesses)',
+         lambda: measure_sweep(scratch, cache_dir, (1, 8) if quick else (1, 8, 32),
+                               epochs=2 if quick else 5)),
+    ]
+    for key, what, measure in sections:
+      print(f'measuring: {what}', flush=True)
+      before = cpu_sample()
+      results[key] = measure()
+      results[key]['other_cpu_fraction'] = other_cpu_fraction(before, cpu_sample())
+  results['targets'] = check_targets(results)
+  return results
+
+
+def main(argv):
+  reject_extra_arguments(argv)
+  output = flags.FLAGS.output
+  if not os.path.isdir(os.path.dirname(os.path.abspath(output))):
+    raise UsageError(f'--output={output}: no such directory')
+  started = time.perf_counter()
+  results = run_benchmark(flags.FLAGS.quick)
+  results['benchmark_seconds'] = time.perf_counter() - started
+  print()
+  print(format_table(results))
+  write_results(output, results)
+  print(f'\nbenchmark: {results["benchmark_seconds"]:.0f} s; measurements in {output}')
+
+
+if __name__ == '__main__':
+  define_flags()
+  cli.run(main)

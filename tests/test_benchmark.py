@@ -1,0 +1,145 @@
+"""experiments.benchmark: its arithmetic, its report and its command line (no timing)."""
+
+import json
+
+import pytest
+
+from experiments import benchmark
+
+
+def test_flops_of_the_seed_config():
+  # 784-128-128-10 has 100,352 + 16,384 + 1,280 = 118,016 weights: forward and
+  # weight gradients 2 * 118,016 each, input gradients of layers 2 and 3 2 * 17,664.
+  assert benchmark.training_flops_per_example((128, 128)) == 507_392
+  assert 507_392 == 2 * 118_016 + 2 * 118_016 + 2 * 17_664
+  # Per trained epoch (59,904 examples): 30.39 GFLOP.
+  assert round(benchmark.training_flops_per_example((128, 128)) * 59_904 / 1e9, 2) == 30.39
+
+
+@pytest.mark.parametrize('hidden_sizes', [(64,), (128,), (256, 32), (128, 128), (1, 2, 3)])
+def test_flops_scale_with_the_layer_sizes(hidden_sizes):
+  widths = [784, *hidden_sizes, 10]
+  layers = [a * b for a, b in zip(widths[:-1], widths[1:])]
+  assert benchmark.training_flops_per_example(hidden_sizes) == 4 * sum(layers) + 2 * sum(
+      layers[1:])
+
+
+def test_flops_of_one_hidden_layer_are_linear_in_its_width():
+  one = benchmark.training_flops_per_example((1,))
+  assert one == 4 * 794 + 2 * 10
+  assert benchmark.training_flops_per_example((100,)) == 100 * one
+
+
+def test_other_cpu_fraction_subtracts_our_own_time():
+  # 2 cores for 10 s: 20 core-seconds, 15 busy, 5 of them ours.
+  assert benchmark.other_cpu_fraction((100.0, 40.0, 7.0), (120.0, 55.0, 12.0)) == 0.5
+  assert benchmark.other_cpu_fraction(None, (1.0, 1.0, 1.0)) is None
+  assert benchmark.other_cpu_fraction((1.0, 1.0, 1.0), (1.0, 1.0, 1.0)) is None
+
+
+def _child(wall, first, rss=400e6, returncode=0):
+  run = {'command': ['python', '-m', 'mlp_jax.main'], 'wall_seconds': wall,
+         'returncode': returncode, 'peak_rss_bytes': rss}
+  if returncode == 0:
+    run['timing'] = {'first_epoch_done_seconds': first, 'startup_seconds': first - 0.2,
+                     'compile_seconds': first / 2}
+  else:
+    run['error'] = 'TypeError: something broke'
+  return run
+
+
+def _fake_results(sweep_available=True):
+  sweep = {'available': False}
+  if sweep_available:
+    sweep = {'available': True, 'runs': [
+        {'seeds': 1, 'epochs': 2, 'wall_seconds': 4.0, 'returncode': 0, 'train_seconds': 0.4,
+         'seed_epochs': 2, 'seed_epochs_per_second': 5.0, 'seed_epochs_per_wall_second': 0.5},
+        {'seeds': 8, 'epochs': 2, 'wall_seconds': 9.0, 'returncode': 1, 'error': 'boom'}]}
+  return {
+      'quick': True,
+      'machine': {'platform': {'cpu': 'Fake CPU', 'cpu_count': 2}, 'backend': 'cpu',
+                  'device_kind': 'cpu', 'device_count': 1,
+                  'versions': {'jax': '0.10.2', 'jaxlib': '0.10.2'}},
+      'matmul': {'size': 2048, 'repeats': 5, 'seconds': [0.05], 'gflops': 400.0,
+                 'other_cpu_fraction': 0.0},
+      'epoch': {'epoch_seconds': [0.3, 0.16, 0.17], 'eval_seconds': [0.02, 0.015, 0.015],
+                'steady_epoch_seconds': 0.165, 'steady_eval_seconds': 0.015,
+                'examples_per_epoch': 59_904, 'flops_per_example': 507_392,
+                'gflops': 184.2, 'other_cpu_fraction': 0.3},
+      'startup': {'cold': _child(6.0, 4.5), 'warm': [_child(2.5, 1.6)],
+                  'warm_first_epoch_done_seconds': 1.6, 'other_cpu_fraction': 0.0},
+      'memory': {**_child(3.0, 1.7, rss=1.2e9), 'other_cpu_fraction': None},
+      'sweep': {**sweep, 'other_cpu_fraction': 0.0},
+  }
+
+
+def test_targets_pass_and_fail_on_the_measurements():
+  targets = benchmark.check_targets(_fake_results())
+  by_name = {t['name']: t for t in targets}
+  assert len(by_name) == 3
+  fraction = by_name['steady-state epoch, fraction of matmul peak']
+  assert fraction['value'] == pytest.approx(184.2 / 400) and fraction['passed'] is False
+  assert by_name['warm start-up to first finished epoch (s)']['passed'] is True
+  assert by_name['peak RSS (bytes)']['value'] == 1.2e9
+  assert by_name['peak RSS (bytes)']['passed'] is False
+  # Other processes took 30% of the CPU while the epochs ran: that verdict is noisy.
+  assert [t['noisy'] for t in targets] == [True, False, False]
+
+
+def test_a_failed_child_is_not_measured():
+  results = _fake_results()
+  results['memory'] = _child(1.0, 0.0, returncode=1)
+  results['startup']['warm_first_epoch_done_seconds'] = None
+  by_name = {t['name']: t for t in benchmark.check_targets(results)}
+  assert by_name['peak RSS (bytes)']['passed'] is None
+  assert by_name['warm start-up to first finished epoch (s)']['passed'] is None
+  results['targets'] = list(by_name.values())
+  table = benchmark.format_table(results)
+  assert 'TypeError: something broke' in table and 'n/a' in table
+
+
+def test_table_and_json_report_every_measurement(tmp_path):
+  results = _fake_results()
+  results['targets'] = benchmark.check_targets(results)
+  table = benchmark.format_table(results)
+  for text in ('Fake CPU', '2 cores', 'jax 0.10.2', '400.0 GFLOP/s', '0.1650 s', '0.1600 / 0.1700 s', '184.2',
+               '507,392', '59,904', '>= 0.50 FAIL (noisy)', '<= 3.0 s PASS', '1200 MB',
+               '<= 1000 MB FAIL',
+               '5.00 seed-epochs/s', 'boom', 'epoch 30%', 'warning'):
+    assert text in table, text
+  path = tmp_path / 'benchmark.json'
+  benchmark.write_results(str(path), results)
+  written = json.loads(path.read_text())
+  assert set(written) == {'quick', 'machine', 'matmul', 'epoch', 'startup', 'memory', 'sweep',
+                          'targets'}
+  assert [t['passed'] for t in written['targets']] == [False, True, False]
+
+
+def test_sweep_not_available_is_reported_not_raised(monkeypatch, tmp_path):
+  monkeypatch.setattr(benchmark, 'sweep_available', lambda: False)
+  assert benchmark.measure_sweep(str(tmp_path), str(tmp_path), (1, 8), epochs=1) == {
+      'available': False}
+  results = _fake_results(sweep_available=False)
+  results['targets'] = benchmark.check_targets(results)
+  assert 'not available' in benchmark.format_table(results)
+
+
+@pytest.mark.parametrize('args, expected', [
+    (['--quick=maybe'], '--quick'),
+    (['--output=/no/such/dir/benchmark.json'], 'no such directory'),
+    (['stray'], 'unexpected arguments'),
+])
+def test_bad_command_line_is_one_clear_line(args, expected, run_module):
+  result = run_module('experiments.benchmark', *args, timeout=120)
+  assert result.returncode != 0
+  assert expected in result.stderr
+  assert 'Traceback' not in result.stderr
+  assert len(result.stderr.strip().splitlines()) <= 2, result.stderr
+
+
+def test_epochs_are_measured_on_the_project_code_path():
+  measured = benchmark.measure_epochs(epochs=2)
+  assert len(measured['epoch_seconds']) == len(measured['eval_seconds']) == 2
+  assert measured['examples_per_epoch'] == 59_904
+  assert measured['flops_per_example'] == 507_392
+  assert measured['gflops'] > 0 and measured['steady_epoch_seconds'] > 0
