@@ -185,7 +185,7 @@ def test_launch_reports_and_prefixes_output(three_ways):
     assert any(l.startswith(p + 'sweep: 5 seeds x 2 epochs') and 'in 2 process(es)' in l
                for l in lines), p
     assert any(l.startswith(p + 'epoch 2/2') for l in lines), p
-  assert any(l.startswith('[p0] sweep: final test accuracy over 5 seeds') for l in lines)
+  assert any(l.startswith('[p0] sweep: final test accuracy over 5 seed(s)') for l in lines)
 
 
 def test_every_process_failing_fails_the_launch(tmp_path, cache_dir):
