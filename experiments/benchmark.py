@@ -134,10 +134,12 @@ def measure_epochs(epochs: int) -> Dict[str, Any]:
   config = TrainConfig()
   data = to_device(load_mnist(), SeedMesh())
   trainer = make_trainer(config, train_size=data.train_images.shape[0])
-  state = jax.jit(trainer.init)(*seed_keys(config))
-  train_epoch = jax.jit(trainer.train_epoch, donate_argnums=0).lower(
+  options = environment.compiler_options()
+  state = jax.jit(trainer.init, compiler_options=options)(*seed_keys(config))
+  train_epoch = jax.jit(trainer.train_epoch, donate_argnums=0, compiler_options=options).lower(
       state, data.train_images, data.train_labels).compile()
-  evaluate = jax.jit(trainer.evaluate).lower(state, data.test_images, data.test_labels).compile()
+  evaluate = jax.jit(trainer.evaluate, compiler_options=options).lower(
+      state, data.test_images, data.test_labels).compile()
   epoch_seconds, eval_seconds = [], []
   for _ in range(epochs):
     tick = time.perf_counter()

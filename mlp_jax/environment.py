@@ -45,6 +45,26 @@ def enable_compilation_cache(cache_dir: Optional[str] = None) -> Optional[str]:
   return cache_dir
 
 
+# XLA:CPU vectorises with 256-bit registers unless told otherwise, even on CPUs with
+# 512-bit units; 512 makes the seed config's epoch about 7% faster (README, Performance).
+CPU_COMPILER_OPTIONS = {'xla_cpu_prefer_vector_width': 512}
+
+
+def compiler_options(backend: Optional[str] = None) -> Dict[str, Any]:
+  """XLA options every program that trains or evaluates a model is compiled with.
+
+  Passed to `jax.jit(..., compiler_options=...)`, so the library, the CLI and the
+  tests compile the same programs and get the same bits. An option also named in
+  $XLA_FLAGS is left to $XLA_FLAGS (`--xla_cpu_prefer_vector_width=256` reproduces
+  runs made before the option was adopted). Empty off the CPU.
+  """
+  if (backend or jax.default_backend()) != 'cpu':
+    return {}
+  user_flags = os.environ.get('XLA_FLAGS', '')
+  return {name: value for name, value in CPU_COMPILER_OPTIONS.items()
+          if f'--{name}' not in user_flags}
+
+
 def initialize_distributed() -> None:
   """Joins JAX's distributed runtime when this process is one of several.
 
@@ -116,6 +136,7 @@ def describe(dataset: Optional[Dataset] = None) -> Dict[str, Any]:
       'process_count': jax.process_count(),
       'process_index': jax.process_index(),
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
+      'compiler_options': compiler_options(),
       'jax_config': {name: getattr(jax.config, name) for name in (
           'jax_enable_x64', 'jax_default_matmul_precision', 'jax_default_prng_impl',
           'jax_compilation_cache_dir')},

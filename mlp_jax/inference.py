@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mlp_jax import records
+from mlp_jax import environment, records
 from mlp_jax.errors import UsageError
 from mlp_jax.models import create_model, num_classes_of
 from mlp_jax.train import to_pixels
@@ -30,7 +30,7 @@ def load_trained(workdir: str) -> Callable[[np.ndarray], np.ndarray]:
   variables = jax.device_put(records.load_params(params_path))
   model = create_model(config, num_classes_of(variables))
 
-  @jax.jit
+  @jax.jit(compiler_options=environment.compiler_options())
   def _predict(images):
     logits = model.apply(variables, to_pixels(images.reshape(images.shape[0], -1)), train=False)
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)

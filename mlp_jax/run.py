@@ -198,16 +198,19 @@ class _ChunkPrograms:
     if size not in self._cache:
       start = time.perf_counter()
       t, d, m, w = self._trainer, self._data, self._mesh, self._width
+      options = environment.compiler_options()
       # Initial states are made on this process's default device for the whole chunk
       # (cheap), then each process places the rows of its own devices.
-      init = jax.jit(map_over_seeds(t.init, 3, w))
+      init = jax.jit(map_over_seeds(t.init, 3, w), compiler_options=options)
       keys = jax.ShapeDtypeStruct((size, 2), np.uint32)
       states = jax.eval_shape(init, keys, keys, keys)
       states = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=m.by_seed),
                             states)
       epoch = jax.jit(m.shard(map_over_seeds(t.train_epoch, 1, w), 1, 2),
-                      donate_argnums=0).lower(states, d.train_images, d.train_labels).compile()
-      evaluate = jax.jit(m.shard(map_over_seeds(t.evaluate, 1, w), 1, 2)).lower(
+                      donate_argnums=0, compiler_options=options).lower(
+                          states, d.train_images, d.train_labels).compile()
+      evaluate = jax.jit(m.shard(map_over_seeds(t.evaluate, 1, w), 1, 2),
+                         compiler_options=options).lower(
           states, d.test_images, d.test_labels).compile()
       self._cache[size] = (init, epoch, evaluate)
       self.compile_seconds += time.perf_counter() - start
