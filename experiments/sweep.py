@@ -107,19 +107,35 @@ def sweep_line(report: EpochReport) -> str:
           f'{report.epoch_seconds:.2f}s + eval {report.eval_seconds:.2f}s')
 
 
-def write_summaries(workdir: str, seeds: Sequence[int], config: TrainConfig) -> Dict[str, Any]:
-  """summary.csv, final.csv and curves.png from the seeds' history files."""
+def read_curves(workdir: str, seeds: Sequence[int]) -> Dict[str, np.ndarray]:
+  """Every metric of every seed's history.csv: [seeds, epochs] arrays, and 'epoch'."""
   histories = [records.history_columns(records.read_history(
       os.path.join(seed_dir(workdir, s), records.HISTORY_FILE))) for s in seeds]
   curves = {m: np.stack([h[m] for h in histories]) for m in records.METRIC_COLUMNS}
   curves['epoch'] = histories[0]['epoch'].astype(int)
+  return curves
+
+
+def write_summaries(workdir: str, seeds: Sequence[int], config: TrainConfig,
+                    curves: Dict[str, np.ndarray]) -> None:
+  """summary.csv, final.csv and curves.png from the seeds' curves."""
   records.write_csv(os.path.join(workdir, SUMMARY_FILE), stats.summary_rows(curves))
   records.write_csv(os.path.join(workdir, FINAL_FILE),
-                  stats.final_rows(list(seeds), curves['test_accuracy']))
+                    stats.final_rows(list(seeds), curves['test_accuracy']))
   plots.plot_band(curves, os.path.join(workdir, records.CURVES_FILE),
                   f'{models.describe(config)}, {len(seeds)} seeds: mean final test accuracy '
                   f'{curves["test_accuracy"][:, -1].mean():.4f}')
-  return stats.summarize(curves['test_accuracy'][:, -1])
+
+
+def remove_previous_sweep(workdir: str, seeds: Sequence[int]) -> None:
+  """--overwrite: deletes the sweep's summaries and checkpoints, and the seed
+  directories of seeds the previous sweep listed that this one does not (the listed
+  ones are started over by the driver)."""
+  sweep_path = os.path.join(workdir, SWEEP_FILE)
+  previous = records.read_json(sweep_path).get('seeds', []) if os.path.exists(sweep_path) else []
+  dropped = sorted(set(previous) - set(seeds))
+  remove_entries(workdir, [*SWEEP_ENTRIES, *(os.path.basename(seed_dir(workdir, s))
+                                             for s in dropped)])
 
 
 def run_sweep(config: TrainConfig, seeds: Sequence[int], workdir: str, options: RunOptions,
@@ -135,7 +151,7 @@ def run_sweep(config: TrainConfig, seeds: Sequence[int], workdir: str, options: 
         refuse_other_settings(workdir, records.read_json(sweep_path), settings)
       if jax.process_index() == 0:
         if options.overwrite:
-          remove_entries(workdir, SWEEP_ENTRIES)
+          remove_previous_sweep(workdir, seeds)
         if not os.path.exists(sweep_path):
           records.write_json(sweep_path, settings)
           records.write_json(os.path.join(workdir, records.ENVIRONMENT_FILE), env)
@@ -156,13 +172,13 @@ def run_sweep(config: TrainConfig, seeds: Sequence[int], workdir: str, options: 
     if jax.process_index() != 0:
       return None
     try:
+      curves = read_curves(workdir, seeds)
       if timing.seed_epochs or not os.path.exists(os.path.join(workdir, SUMMARY_FILE)):
         write_timing(os.path.join(workdir, records.TIMING_FILE), timing)
-        final = write_summaries(workdir, seeds, config)
+        write_summaries(workdir, seeds, config, curves)
       else:
-        final = stats.summarize(np.array([float(records.read_history(os.path.join(
-            seed_dir(workdir, s), records.HISTORY_FILE))[-1]['test_accuracy']) for s in seeds]))
         print(f'sweep: {workdir} holds a complete sweep; nothing to do', flush=True)
+      final = stats.summarize(curves['test_accuracy'][:, -1])
     except OSError as e:
       raise WorkdirError(describe_os_error(workdir, e)) from None
   spread = (f' ± {final.std:.4f} (std), 95% CI [{final.ci95_low:.4f}, {final.ci95_high:.4f}]'

@@ -126,3 +126,21 @@ def test_sweep_bad_input(args, expected, tmp_path, run_module):
   result = run_module('experiments.sweep', f'--workdir={tmp_path / "w"}', *args)
   assert result.returncode == 2 and expected in result.stderr
   assert 'Traceback' not in result.stderr and not (tmp_path / 'w').exists()
+
+
+def test_overwrite_with_other_seeds_leaves_no_stale_seed(tmp_path, run_module):
+  workdir = tmp_path / 'sweep'
+  first = run_module('experiments.sweep', '--seeds=0,1', '--epochs=1', f'--workdir={workdir}')
+  assert first.returncode == 0, first.stderr
+  again = ['--seeds=1,2', '--epochs=1', f'--workdir={workdir}']
+  refused = run_module('experiments.sweep', *again)
+  assert refused.returncode == 2 and 'seeds' in refused.stderr
+  result = run_module('experiments.sweep', *again, '--overwrite')
+  assert result.returncode == 0, result.stderr
+  assert sorted(p for p in os.listdir(workdir) if p.startswith('seed_')) == ['seed_1', 'seed_2']
+  assert [r['seed'] for r in csv.DictReader(open(workdir / 'final.csv'))] == ['1', '2']
+  # Re-running the finished sweep trains nothing and prints the same final summary.
+  rerun = run_module('experiments.sweep', *again)
+  assert rerun.returncode == 0 and 'holds a complete sweep' in rerun.stdout
+  final_line = lambda out: [l for l in out.splitlines() if 'final test accuracy' in l][0]
+  assert final_line(rerun.stdout).split(';')[0] == final_line(result.stdout).split(';')[0]
