@@ -49,7 +49,7 @@ from mlp_jax.data import load_mnist
 from mlp_jax.errors import UsageError
 from mlp_jax.flags import reject_extra_arguments
 from mlp_jax.mesh import SeedMesh
-from mlp_jax.run import to_device
+from mlp_jax.run import ChunkPrograms, to_device
 from mlp_jax.train import make_trainer, seed_keys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -125,21 +125,19 @@ def matmul_peak(size: int, repeats: int) -> Dict[str, Any]:
 
 
 def measure_epochs(epochs: int) -> Dict[str, Any]:
-  """Trains the seed config for `epochs` epochs on the project's code path, timing each.
+  """Trains the seed config for `epochs` epochs with the programs mlp_jax.main runs.
 
-  One seed's `train_epoch`, jitted with its state donated as mlp_jax.run does;
-  each epoch is timed to its metrics on the host, and the steady state is the
-  median of all epochs but the first.
+  One seed on one device, through mlp_jax.run.ChunkPrograms (state donated, the
+  project's compiler options); each epoch is timed to its metrics on the host,
+  and the steady state is the median of all epochs but the first.
   """
   config = TrainConfig()
-  data = to_device(load_mnist(), SeedMesh())
+  mesh = SeedMesh(jax.local_devices()[:1])
+  data = to_device(load_mnist(), mesh)
   trainer = make_trainer(config, train_size=data.train_images.shape[0])
-  options = environment.compiler_options()
-  state = jax.jit(trainer.init, compiler_options=options)(*seed_keys(config))
-  train_epoch = jax.jit(trainer.train_epoch, donate_argnums=0, compiler_options=options).lower(
-      state, data.train_images, data.train_labels).compile()
-  evaluate = jax.jit(trainer.evaluate, compiler_options=options).lower(
-      state, data.test_images, data.test_labels).compile()
+  programs = ChunkPrograms(trainer, data, mesh, vmap_width=1)
+  _, train_epoch, evaluate = programs.get(1)
+  state = programs.initial_states([seed_keys(config)])
   epoch_seconds, eval_seconds = [], []
   for _ in range(epochs):
     tick = time.perf_counter()

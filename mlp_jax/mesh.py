@@ -11,7 +11,7 @@ its own devices.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -23,8 +23,10 @@ SEED_AXIS = 'seeds'
 class SeedMesh:
   """A 1-D mesh over `jax.devices()` (every process's) with the seed axis split on it."""
 
-  def __init__(self):
-    self.mesh = jax.make_mesh((jax.device_count(),), (SEED_AXIS,))
+  def __init__(self, devices: Optional[Sequence[jax.Device]] = None):
+    """`devices`: all of every process's by default; a benchmark may take just one."""
+    devices = jax.devices() if devices is None else list(devices)
+    self.mesh = jax.make_mesh((len(devices),), (SEED_AXIS,), devices=devices)
     self.by_seed = NamedSharding(self.mesh, P(SEED_AXIS))
     self.replicated = NamedSharding(self.mesh, P())
 

@@ -186,8 +186,9 @@ class EpochReport:
 Reporter = Callable[[EpochReport], str]
 
 
-class _ChunkPrograms:
-  """The compiled programs for a chunk of C seeds (C a multiple of the device count)."""
+class ChunkPrograms:
+  """The compiled programs for a chunk of C seeds (C a multiple of the device count):
+  `get(C)` -> (init, train_epoch, evaluate), compiled once per C."""
 
   def __init__(self, trainer, data: DeviceData, mesh: SeedMesh, vmap_width: int):
     self._trainer, self._data, self._mesh, self._width = trainer, data, mesh, vmap_width
@@ -215,6 +216,12 @@ class _ChunkPrograms:
       self._cache[size] = (init, epoch, evaluate)
       self.compile_seconds += time.perf_counter() - start
     return self._cache[size]
+
+  def initial_states(self, keys: Sequence[Sequence[jax.Array]]) -> RunState:
+    """The chunk's initial states from each seed's (init, order, noise) keys, split
+    over the mesh: a RunState whose leaves have a leading seed axis."""
+    init, _, _ = self.get(len(keys))
+    return self._mesh.put_seeds(jax.device_get(init(*(np.stack(k) for k in zip(*keys)))))
 
 
 @dataclasses.dataclass
@@ -281,19 +288,18 @@ def train_seeds(configs: Sequence[TrainConfig], workdirs: Sequence[str],
   data = to_device(dataset, mesh)
   trainer = make_trainer(configs[0], train_size=data.train_images.shape[0],
                          num_classes=dataset.num_classes)
-  programs = _ChunkPrograms(trainer, data, mesh, options.vmap_width)
+  programs = ChunkPrograms(trainer, data, mesh, options.vmap_width)
   with StopRequests() as stop:
     for start in range(0, len(todo), options.chunk_size):
       members = todo[start:start + options.chunk_size]
       size = mesh.padded(len(members))
       # Padding rows repeat the chunk's first seed; their results are dropped.
       padded = members + [members[0]] * (size - len(members))
-      init, train_epoch, evaluate = programs.get(size)
+      _, train_epoch, evaluate = programs.get(size)
       timing.compile_seconds = programs.compile_seconds
       runs = {row: SeedRun(configs[members[row]], workdirs[members[row]])
               for row in mesh.local_rows(size) if row < len(members)}
-      keys = [seed_keys(configs[i]) for i in padded]
-      states = mesh.put_seeds(jax.device_get(init(*(np.stack(k) for k in zip(*keys)))))
+      states = programs.initial_states([seed_keys(configs[i]) for i in padded])
       checkpoints = None
       if options.checkpoint_every:
         checkpoints = ChunkCheckpoints(checkpoint_dir([configs[i].seed for i in members]),
