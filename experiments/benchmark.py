@@ -5,10 +5,11 @@ One run measures, on whatever backend JAX finds:
   matmul    GFLOP/s of a large jitted float32 matmul, best of several after a
             warm-up: the backend's practical peak.
   epoch     steady-state epoch time of the seed config (MLP 784-128-128-10, batch
-            128, Adam 1e-3, all of MNIST) on the project's own code path
-            (make_trainer, to_device, jit with donate_argnums=0 as mlp_jax.run
-            does): the median over the epochs after the first, its training
-            GFLOP/s and fraction of the matmul peak, and the eval time.
+            128, Adam 1e-3, all of MNIST) with the compiled programs
+            mlp_jax.main runs (mlp_jax.run.ChunkPrograms: state donated, the
+            project's compiler options), one seed on one device: the median
+            over the epochs after the first, its training GFLOP/s and fraction
+            of the matmul peak, and the eval time.
   start-up  `python -m mlp_jax.main --epochs=1` with a fresh (cold), then the same
             (warm) compilation cache: wall time of the process and the
             first_epoch_done/startup/compile seconds it writes in timing.json.
