@@ -63,6 +63,10 @@ MAX_WARM_FIRST_EPOCH_SECONDS = 3.0
 MAX_PEAK_RSS_BYTES = 1_000_000_000
 # Above this share of the CPU taken by other processes, the table warns.
 NOISY_CPU_FRACTION = 0.05
+# The epoch section and the sweeps run the same program; if the epochs ran this much
+# slower than the fastest sweep, the machine itself slowed down in between (a busy
+# host under a VM shows no other process here), and the table warns.
+MAX_EPOCH_SLOWDOWN = 1.25
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -239,9 +243,22 @@ def measure_sweep(scratch: str, cache_dir: str, seed_counts: Sequence[int],
   return {'available': True, 'runs': runs}
 
 
+def epoch_slowdown(results: Dict[str, Any]) -> Optional[float]:
+  """The epoch section's steady epoch time over the fastest sweep's seconds per
+  seed-epoch in its program (None without a sweep). Both time the same compiled
+  epoch, so well above 1 means the machine ran slower during the epoch section."""
+  rates = [run['seed_epochs_per_second'] for run in (results.get('sweep') or {}).get('runs', [])
+           if 'seed_epochs_per_second' in run]
+  epoch = results.get('epoch')
+  if not rates or not epoch:
+    return None
+  return epoch['steady_epoch_seconds'] * max(rates)
+
+
 def check_targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
   """Each target with its measured value, whether it passed (None: not measured),
-  and whether other processes took enough CPU during its timing to make it noisy."""
+  and whether its timing is noisy: other processes took CPU during it, or (the
+  epoch) it ran slower than the same program in the sweeps."""
   epoch, matmul = results.get('epoch'), results.get('matmul')
   fraction = epoch['gflops'] / matmul['gflops'] if epoch and matmul else None
   warm = (results.get('startup') or {}).get('warm_first_epoch_done_seconds')
@@ -252,12 +269,13 @@ def check_targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
              ('warm start-up to first finished epoch (s)', warm, '<=',
               MAX_WARM_FIRST_EPOCH_SECONDS, ('startup',)),
              ('peak RSS (bytes)', rss, '<=', MAX_PEAK_RSS_BYTES, ())]
+  slowed = (epoch_slowdown(results) or 0) > MAX_EPOCH_SLOWDOWN
   return [{'name': name, 'value': value, 'comparison': op, 'limit': limit,
            'passed': None if value is None else
                      (value >= limit if op == '>=' else value <= limit),
            'noisy': any((results.get(key) or {}).get('other_cpu_fraction') is not None and
                         results[key]['other_cpu_fraction'] > NOISY_CPU_FRACTION
-                        for key in timed_by)}
+                        for key in timed_by) or (slowed and 'epoch' in timed_by)}
           for name, value, op, limit, timed_by in targets]
 
 
@@ -336,6 +354,13 @@ def table_rows(results: Dict[str, Any]) -> List[Tuple[str, str, str]]:
   if any(share is not None and share > NOISY_CPU_FRACTION for _, share in shares):
     rows.append(('  warning', 'other processes competed for the CPU: timings are too slow '
                  'and verdicts marked (noisy) are not to be trusted', ''))
+  slowdown = epoch_slowdown(results)
+  if slowdown is not None:
+    rows.append(('epoch time / fastest sweep seed-epoch (same program)', f'{slowdown:.2f}', ''))
+    if slowdown > MAX_EPOCH_SLOWDOWN:
+      rows.append(('  warning', 'the epochs ran slower than the same program in the sweeps: '
+                   'the machine slowed down during the epoch section (a shared host?); '
+                   're-run for a clean fraction of peak', ''))
   return rows
 
 
@@ -391,6 +416,7 @@ def run_benchmark(quick: bool) -> Dict[str, Any]:
       before = cpu_sample()
       results[key] = measure()
       results[key]['other_cpu_fraction'] = other_cpu_fraction(before, cpu_sample())
+  results['epoch_slowdown'] = epoch_slowdown(results)
   results['targets'] = check_targets(results)
   return results
 

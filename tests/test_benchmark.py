@@ -143,3 +143,19 @@ def test_epochs_are_measured_on_the_project_code_path():
   assert measured['examples_per_epoch'] == 59_904
   assert measured['flops_per_example'] == 507_392
   assert measured['gflops'] > 0 and measured['steady_epoch_seconds'] > 0
+
+
+def test_epochs_slower_than_the_sweeps_program_are_flagged():
+  """The epoch section and the sweeps time the same program: a big gap means the
+  machine slowed down in between, which /proc/stat cannot show under a VM."""
+  results = _fake_results()
+  results['epoch']['other_cpu_fraction'] = 0.0
+  assert benchmark.epoch_slowdown(results) == pytest.approx(0.165 * 5.0)
+  assert [t['noisy'] for t in benchmark.check_targets(results)] == [False, False, False]
+  results['sweep']['runs'][0]['seed_epochs_per_second'] = 10.0   # 0.1 s per seed-epoch
+  results['targets'] = benchmark.check_targets(results)
+  assert [t['noisy'] for t in results['targets']] == [True, False, False]
+  table = benchmark.format_table(results)
+  assert '1.65' in table and 'machine slowed down' in table and 'FAIL (noisy)' in table
+  results['sweep'] = {'available': False}
+  assert benchmark.epoch_slowdown(results) is None
