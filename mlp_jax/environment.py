@@ -124,6 +124,14 @@ def _cpu_model() -> Optional[str]:
   return platform.processor() or None
 
 
+def _usable_cores() -> Optional[int]:
+  """The cores this process may run on (its affinity mask, e.g. under taskset or a
+  batch scheduler), which sizes XLA's thread pool."""
+  if hasattr(os, 'sched_getaffinity'):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count()
+
+
 def describe(dataset: Optional[Dataset] = None) -> Dict[str, Any]:
   """The facts environment.json records."""
   devices = jax.devices()
@@ -142,7 +150,7 @@ def describe(dataset: Optional[Dataset] = None) -> Dict[str, Any]:
           'jax_compilation_cache_dir')},
       'platform': {'system': platform.system(), 'release': platform.release(),
                    'machine': platform.machine(), 'cpu': _cpu_model(),
-                   'cpu_count': os.cpu_count()},
+                   'cpu_count': os.cpu_count(), 'usable_cores': _usable_cores()},
       'command': [os.path.basename(sys.executable)] + sys.argv,
       'git': _git_commit(),
   }

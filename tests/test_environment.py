@@ -58,15 +58,22 @@ def test_the_bits_do_not_depend_on_the_number_of_cores(tmp_path, cache_dir):
   (Moving the matmuls from YNNPACK to Eigen, 7% faster here, fails this: Eigen
   splits a matmul's inner dimension by thread count.)
   """
+  # The child pins itself before importing JAX (a preexec_fn would fork this
+  # multithreaded process).
+  pinned_main = ('import os, runpy, sys; os.sched_setaffinity(0, map(int, sys.argv[1].split(","))); '
+                 'sys.argv = ["mlp_jax.main", *sys.argv[2:]]; '
+                 'runpy.run_module("mlp_jax.main", run_name="__main__", alter_sys=True)')
   digests = []
   for cores in (sorted(os.sched_getaffinity(0)), [min(os.sched_getaffinity(0))]):
     workdir = tmp_path / f'cores{len(cores)}'
     result = subprocess.run(
-        [sys.executable, '-m', 'mlp_jax.main', '--epochs=1', '--batch_norm', '--dropout=0.2',
-         f'--workdir={workdir}'], cwd=REPO, capture_output=True, text=True, timeout=600,
-        env={**os.environ, 'MLP_JAX_COMPILATION_CACHE': cache_dir},
-        preexec_fn=lambda cores=cores: os.sched_setaffinity(0, cores))
+        [sys.executable, '-c', pinned_main, ','.join(map(str, cores)), '--epochs=1',
+         '--batch_norm', '--dropout=0.2', f'--workdir={workdir}'],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+        env={**os.environ, 'MLP_JAX_COMPILATION_CACHE': cache_dir})
     assert result.returncode == 0, result.stderr
+    env = json.loads(read(workdir / 'environment.json'))
+    assert env['platform']['usable_cores'] == len(cores)
     digests.append((hashlib.sha256(read(workdir / 'params.msgpack', 'rb')).hexdigest(),
                     without_timing(read(workdir / 'history.csv'))))
   assert digests[0] == digests[1]
