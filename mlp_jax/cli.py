@@ -16,11 +16,18 @@ from mlp_jax.errors import Interrupted, UsageError
 USAGE_EXIT_CODE = 2
 
 
-def _exit(code: int) -> None:
-  """sys.exit, except in a multi-process job: there, exit at once rather than wait
-  for the other processes in JAX's shutdown barrier (launch.sh stops them)."""
+def _exit(code: int, every_process_stops: bool = False) -> None:
+  """sys.exit, except in a multi-process job where the other processes may go on:
+  there, exit at once rather than wait for them in JAX's shutdown barrier
+  (launch.sh stops them).
+
+  `every_process_stops`: all processes exit here together (a stop on a signal is
+  agreed by all), so they leave through that barrier. Exiting alone would take the
+  coordination service (process 0) away from processes still shutting down, and
+  those abort.
+  """
   import jax  # pylint: disable=g-import-not-at-top
-  if jax.distributed.is_initialized():
+  if jax.distributed.is_initialized() and not every_process_stops:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # pylint: disable=protected-access
@@ -43,6 +50,6 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
       _exit(USAGE_EXIT_CODE)
     except Interrupted as e:
       print(str(e), file=sys.stderr)
-      _exit(e.exit_code)
+      _exit(e.exit_code, every_process_stops=True)
 
   app.run(guarded)
