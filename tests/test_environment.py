@@ -55,8 +55,8 @@ def test_runs_compile_with_the_options_and_record_them(tmp_path, run_module):
 def test_the_bits_do_not_depend_on_the_number_of_cores(tmp_path, cache_dir):
   """Results compare across machines: one core computes what all of them do.
 
-  (Moving the matmuls from YNNPACK to Eigen, 7% faster here, fails this: Eigen
-  splits a matmul's inner dimension by thread count.)
+  (Moving the matmuls from YNNPACK to Eigen, 7% faster here, fails this: with
+  `xla_cpu_experimental_ynn_fusion_type=reduce` one core and two disagree.)
   """
   # The child pins itself before importing JAX (a preexec_fn would fork this
   # multithreaded process).
