@@ -207,10 +207,19 @@ def _wrapper(tmp_path, body):
   return str(path)
 
 
+def _two_process_sweep_with(tmp_path, cache_dir, body, grace):
+  """launch.sh --local_processes=2 of a 1-epoch sweep, each process started through
+  _wrapper(body), with MLP_JAX_LAUNCH_GRACE=`grace` seconds before SIGKILL."""
+  return launch('--local_processes=2', 'experiments.sweep', '--seeds=0-1', '--epochs=1',
+                f'--workdir={tmp_path / "w"}',
+                env=_env(cache_dir, PYTHON=_wrapper(tmp_path, body),
+                         MLP_JAX_LAUNCH_GRACE=grace), timeout=60)
+
+
 def test_one_process_failing_stops_the_one_waiting_for_it(tmp_path, cache_dir):
   """Process 1 fails once process 0 is inside jax.distributed.initialize waiting for it
   (its coordinator port answers). Alone, process 0 would wait there for 5 minutes."""
-  python = _wrapper(tmp_path, '''
+  run = _two_process_sweep_with(tmp_path, cache_dir, '''
 if os.environ.get('PROCESS_ID') == '1':
   host, port = os.environ['COORDINATOR_ADDRESS'].rsplit(':', 1)
   deadline = time.time() + 60
@@ -221,10 +230,7 @@ if os.environ.get('PROCESS_ID') == '1':
     except OSError:
       time.sleep(0.1)
   print('process 1: failing on purpose while process 0 waits for it', file=sys.stderr)
-  sys.exit(3)''')
-  run = launch('--local_processes=2', 'experiments.sweep', '--seeds=0-1', '--epochs=1',
-               f'--workdir={tmp_path / "w"}',
-               env=_env(cache_dir, PYTHON=python, MLP_JAX_LAUNCH_GRACE='2'), timeout=60)
+  sys.exit(3)''', grace='2')
   assert run.proc.returncode == 3, run.stderr
   assert '[p1] process 1: failing on purpose' in run.stderr
   assert 'launch.sh: process 1 (pid ' in run.stderr
@@ -238,16 +244,13 @@ if os.environ.get('PROCESS_ID') == '1':
 def test_a_process_dying_after_joining_stops_the_rest(tmp_path, cache_dir):
   """Process 1 joins the distributed runtime and dies; process 0 is left at the first
   barrier, where JAX takes SIGTERM as a preemption notice: launch.sh kills it."""
-  python = _wrapper(tmp_path, '''
+  run = _two_process_sweep_with(tmp_path, cache_dir, '''
 if os.environ.get('PROCESS_ID') == '1':
   sys.path.insert(0, os.getcwd())
   from mlp_jax import environment
   environment.initialize_distributed()
   print('process 1: joined, now dying', file=sys.stderr, flush=True)
-  os._exit(4)''')
-  run = launch('--local_processes=2', 'experiments.sweep', '--seeds=0-1', '--epochs=1',
-               f'--workdir={tmp_path / "w"}',
-               env=_env(cache_dir, PYTHON=python, MLP_JAX_LAUNCH_GRACE='1'), timeout=60)
+  os._exit(4)''', grace='1')
   assert run.proc.returncode == 4, run.stderr
   assert '[p1] process 1: joined, now dying' in run.stderr
   assert 'failed with exit code 4; stopping the other 1 process(es)' in run.stderr
