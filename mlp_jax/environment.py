@@ -68,26 +68,76 @@ def compiler_options(backend: Optional[str] = None) -> Dict[str, Any]:
 def initialize_distributed() -> None:
   """Joins JAX's distributed runtime when this process is one of several.
 
-  launch.sh sets COORDINATOR_ADDRESS (host:port), NUM_PROCESSES and PROCESS_ID
-  (from its own --local_processes, from SLURM's variables, or passed through);
-  MLP_JAX_DISTRIBUTED=auto lets JAX detect the cluster itself (TPU pod slices).
-  With neither, this is a single process and nothing happens.
+  Explicitly: COORDINATOR_ADDRESS (host:port), NUM_PROCESSES and PROCESS_ID, all three
+  (`python -m mlp_jax.launch` sets them for local processes; set them yourself on any
+  other cluster). Otherwise `jax.distributed.initialize()` without arguments, so that
+  JAX finds the coordinator, the process count and this process's id itself, in a
+  SLURM step of several tasks (SLURM_JOB_ID, SLURM_NTASKS > 1: started with `srun`),
+  under Open MPI's `mpirun` (OMPI_COMM_WORLD_SIZE > 1), on a Cloud TPU VM (a pod
+  slice's workers), or whenever MLP_JAX_DISTRIBUTED=auto. MLP_JAX_DISTRIBUTED=off
+  keeps every process on its own (e.g. independent runs as the tasks of one job).
+  With none of these, this is a single process and nothing happens.
+
+  Raises:
+    UsageError: some but not all of the three variables are set, or they are invalid,
+      or a detected cluster does not give JAX what it needs.
   """
-  address = os.environ.get('COORDINATOR_ADDRESS')
-  if address or os.environ.get('MLP_JAX_DISTRIBUTED') == 'auto':
-    # JAX's preemption service would swallow SIGTERM until our own handler is in
-    # place; the training loop handles SIGTERM itself (checkpoint, then exit).
-    jax.config.update('jax_enable_preemption_service', False)
-  if address:
-    if jax.config.jax_platforms in (None, '', 'cpu') or 'cpu' in str(jax.config.jax_platforms):
-      # CPU devices of different processes talk through gloo (the default has no
-      # cross-process collectives).
-      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-    jax.distributed.initialize(coordinator_address=address,
-                               num_processes=int(os.environ['NUM_PROCESSES']),
-                               process_id=int(os.environ['PROCESS_ID']))
-  elif os.environ.get('MLP_JAX_DISTRIBUTED') == 'auto':
+  from mlp_jax.errors import UsageError  # pylint: disable=g-import-not-at-top
+  env = os.environ
+  setting = env.get('MLP_JAX_DISTRIBUTED', '')
+  if setting not in ('', 'auto', 'off'):
+    raise UsageError(f"MLP_JAX_DISTRIBUTED must be 'auto' or 'off', got {setting!r}")
+  if setting == 'off':
+    return
+  names = ('COORDINATOR_ADDRESS', 'NUM_PROCESSES', 'PROCESS_ID')
+  given = [name for name in names if env.get(name)]
+  explicit = None
+  if given:
+    if len(given) < len(names):
+      missing = ', '.join(name for name in names if name not in given)
+      raise UsageError(f'set all of {", ".join(names)}, or none ({missing} missing)')
+    address, count, index = (env[name] for name in names)
+    if ':' not in address or not address.rsplit(':', 1)[1].isdigit():
+      raise UsageError(f'COORDINATOR_ADDRESS must be host:port, got {address!r}')
+    if not (count.isdigit() and index.isdigit() and int(index) < int(count)):
+      raise UsageError(f'need 0 <= PROCESS_ID < NUM_PROCESSES, got PROCESS_ID={index!r} '
+                       f'NUM_PROCESSES={count!r}')
+    explicit = dict(coordinator_address=address, num_processes=int(count),
+                    process_id=int(index))
+  try:
+    # Set by `import jax` (the same flag JAX's own TPU cluster detection reads).
+    from jax._src.cloud_tpu_init import running_in_cloud_tpu_vm  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    running_in_cloud_tpu_vm = False
+
+  def several(name):
+    return env.get(name, '').isdigit() and int(env[name]) > 1
+
+  detected = [reason for reason, present in (
+      ('MLP_JAX_DISTRIBUTED=auto', setting == 'auto'),
+      ('a SLURM step of several tasks', bool(env.get('SLURM_JOB_ID')) and several('SLURM_NTASKS')),
+      ("Open MPI's mpirun", several('OMPI_COMM_WORLD_SIZE')),
+      ('a Cloud TPU VM', running_in_cloud_tpu_vm)) if present]
+  if explicit is None and not detected:
+    return
+  # JAX's preemption service would swallow SIGTERM until our own handler is in
+  # place; the training loop handles SIGTERM itself (checkpoint, then exit).
+  jax.config.update('jax_enable_preemption_service', False)
+  if jax.config.jax_platforms in (None, '', 'cpu') or 'cpu' in str(jax.config.jax_platforms):
+    # CPU devices of different processes talk through gloo (the default has no
+    # cross-process collectives).
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  if explicit is not None:
+    jax.distributed.initialize(**explicit)
+    return
+  try:
     jax.distributed.initialize()
+  except ValueError as e:  # JAX found no cluster to take the coordinator etc. from
+    first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise UsageError(f'{" and ".join(detected)} found, but jax.distributed.initialize() '
+                     f'could not set up from it: {first_line} (start each task with srun '
+                     'or mpirun, or set COORDINATOR_ADDRESS, NUM_PROCESSES and PROCESS_ID, '
+                     'or MLP_JAX_DISTRIBUTED=off)') from e
 
 
 def _versions() -> Dict[str, Optional[str]]:
