@@ -95,7 +95,8 @@ def initialize_distributed() -> None:
   if given:
     if len(given) < len(names):
       missing = ', '.join(name for name in names if name not in given)
-      raise UsageError(f'set all of {", ".join(names)}, or none ({missing} missing)')
+      raise UsageError('set all of COORDINATOR_ADDRESS, NUM_PROCESSES and PROCESS_ID, or none '
+                       f'({missing} missing)')
     address, count, index = (env[name] for name in names)
     if ':' not in address or not address.rsplit(':', 1)[1].isdigit():
       raise UsageError(f'COORDINATOR_ADDRESS must be host:port, got {address!r}')
@@ -132,7 +133,7 @@ def initialize_distributed() -> None:
     return
   try:
     jax.distributed.initialize()
-  except ValueError as e:  # JAX found no cluster to take the coordinator etc. from
+  except (ValueError, RuntimeError) as e:  # e.g. a cluster JAX cannot read the coordinator of
     first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
     raise UsageError(f'{" and ".join(detected)} found, but jax.distributed.initialize() '
                      f'could not set up from it: {first_line} (start each task with srun '

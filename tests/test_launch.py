@@ -1,10 +1,12 @@
-"""launch.sh: 1 device = 4 devices = 2 processes x 2 devices, bit for bit; a failing
-process or a signal stops the whole launch, leaving no process behind."""
+"""launch.sh and mlp_jax.launch: 1 device = 4 devices = 2 processes x 2 devices, bit for
+bit; a failing process or a signal stops the whole launch, leaving no process behind;
+initialize_distributed joins the clusters JAX detects."""
 
 import json
 import os
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -14,16 +16,22 @@ import time
 import pytest
 
 from conftest import REPO, without_timing
+from mlp_jax import environment
+from mlp_jax import launch as launcher
+from mlp_jax.errors import UsageError
 
 LAUNCH = os.path.join(REPO, 'launch.sh')
+PYTHON_LAUNCHER = [sys.executable, '-m', 'mlp_jax.launch']
 SWEEP = ['--seeds=0-4', '--epochs=2']  # 5 seeds: padded to 8 rows on 4 devices
 SEEDS = range(5)
 
-# Variables that would change how launch.sh or the modules run: each test sets its own.
+# Variables that would change how the launchers or the modules run: each test sets its own.
 _SCRUBBED = ('COORDINATOR_ADDRESS', 'NUM_PROCESSES', 'PROCESS_ID', 'MLP_JAX_DISTRIBUTED',
-             'MLP_JAX_PORT', 'MLP_JAX_ACCELERATOR', 'MLP_JAX_LAUNCH_GRACE', 'XLA_FLAGS',
+             'MLP_JAX_PORT', 'MLP_JAX_LAUNCH_GRACE', 'XLA_FLAGS', 'CUDA_VISIBLE_DEVICES',
              'XLA_PYTHON_CLIENT_PREALLOCATE', 'PYTHON', 'SLURM_JOB_ID', 'SLURM_NTASKS',
-             'SLURM_PROCID', 'SLURM_JOB_NODELIST', 'TPU_WORKER_ID', 'TPU_NAME', 'TPU_ACCELERATOR_TYPE', 'TPU_WORKER_HOSTNAMES')
+             'SLURM_PROCID', 'SLURM_LOCALID', 'SLURM_STEP_NODELIST', 'SLURM_JOB_NODELIST',
+             'OMPI_COMM_WORLD_SIZE', 'OMPI_COMM_WORLD_RANK', 'OMPI_COMM_WORLD_LOCAL_RANK',
+             'OMPI_MCA_orte_hnp_uri', 'JAX_COORDINATOR_PORT')
 
 
 def _env(cache_dir, **extra):
@@ -33,7 +41,7 @@ def _env(cache_dir, **extra):
 
 
 def _session_processes(session):
-  """Pids of the live processes in `session` (launch.sh and everything it started);
+  """Pids of the live processes in `session` (the launcher and everything it started);
   none where there is no /proc to ask."""
   pids = []
   for name in os.listdir('/proc') if os.path.isdir('/proc') else []:
@@ -57,11 +65,12 @@ def _kill_session(session):
 
 
 class Launch:
-  """`bash launch.sh ARGS` in a session of its own, so that nothing it starts can hide."""
+  """`bash launch.sh ARGS` (or `command`) in a session of its own, so that nothing it
+  starts can hide."""
 
-  def __init__(self, *args, env):
+  def __init__(self, *args, env, command=('bash', LAUNCH)):
     self.started = time.monotonic()
-    self.proc = subprocess.Popen(['bash', LAUNCH, *args], cwd=REPO, env=env, text=True,
+    self.proc = subprocess.Popen([*command, *args], cwd=REPO, env=env, text=True,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                  start_new_session=True)
     self.stdout_lines, self.stderr = [], ''
@@ -90,7 +99,7 @@ class Launch:
                                      timeout), f'no line with {text!r}:\n{self.stdout}'
 
   def wait(self, timeout):
-    """Waits for launch.sh; on timeout kills everything it started and fails."""
+    """Waits for the launcher; on timeout kills everything it started and fails."""
     try:
       self.proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -98,18 +107,18 @@ class Launch:
       self.proc.wait()
       for reader in self._readers:
         reader.join(10)
-      pytest.fail(f'launch.sh still running after {timeout}s\n{self.stdout}\n{self.stderr}')
+      pytest.fail(f'launcher still running after {timeout}s\n{self.stdout}\n{self.stderr}')
     for reader in self._readers:
       reader.join(30)
     self.seconds = time.monotonic() - self.started
     left = _session_processes(self.proc.pid)
     _kill_session(self.proc.pid)
-    assert not left, f'processes left behind by launch.sh: {left}'
+    assert not left, f'processes left behind by the launcher: {left}'
     return self.proc.returncode
 
 
-def launch(*args, env, timeout=120):
-  run = Launch(*args, env=env)
+def launch(*args, env, timeout=120, command=('bash', LAUNCH)):
+  run = Launch(*args, env=env, command=command)
   run.wait(timeout)
   return run
 
@@ -121,8 +130,8 @@ def _read(path, mode='r'):
 
 @pytest.fixture(scope='module')
 def three_ways(tmp_path_factory, cache_dir):
-  """The same sweep on 1 device, on 4 devices (launch.sh, one process, --deterministic)
-  and on 2 processes x 2 devices (launch.sh --local_processes=2)."""
+  """The same sweep on 1 device, on 4 devices (launch.sh, one process) and on 2
+  processes x 2 devices (launch.sh --local_processes=2, i.e. mlp_jax.launch)."""
   root = tmp_path_factory.mktemp('launch')
   out = {name: str(root / name) for name in ('one', 'four', 'two_by_two')}
   # The single-process runs go side by side (compiling is mostly one thread).
@@ -130,7 +139,7 @@ def three_ways(tmp_path_factory, cache_dir):
                             f'--workdir={out["one"]}'], cwd=REPO, env=_env(cache_dir),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   try:
-    four = launch('--deterministic', 'experiments.sweep', *SWEEP, f'--workdir={out["four"]}',
+    four = launch('experiments.sweep', *SWEEP, f'--workdir={out["four"]}',
                   env=_env(cache_dir, XLA_FLAGS='--xla_force_host_platform_device_count=4'))
     _, plain_stderr = plain.communicate(timeout=120)
   finally:
@@ -158,27 +167,23 @@ def test_one_device_four_devices_and_two_processes_agree_bit_for_bit(three_ways,
     assert _read(os.path.join(seed_dir, 'params.msgpack'), 'rb') == params, way
 
 
-def test_environment_records_devices_processes_and_flags(three_ways):
+def test_environment_records_devices_and_processes(three_ways):
   env = {way: json.loads(_read(os.path.join(three_ways[way], 'environment.json')))
          for way in ('one', 'four', 'two_by_two')}
   assert [(env[w]['device_count'], env[w]['process_count']) for w in env] == \
       [(1, 1), (4, 1), (4, 2)]
   assert env['two_by_two']['local_device_count'] == 2
-  assert '--xla_gpu_deterministic_ops=true' in env['four']['xla_flags']  # --deterministic
-  assert 'deterministic' not in env['one']['xla_flags']
 
 
 def test_launch_reports_and_prefixes_output(three_ways):
   four, two = three_ways['four_run'], three_ways['two_run']
-  # One line on what was found and set; a single process is the module itself.
-  assert four.stderr.startswith('launch.sh: found ')
-  assert 'one process' in four.stderr
-  assert 'XLA_FLAGS+=--xla_gpu_deterministic_ops=true (no effect on cpu, harmless)' in four.stderr
+  # A single process is the module itself: its own output, nothing added.
   assert 'over 4 device(s) in 1 process(es)' in four.stdout
+  assert 'mlp_jax.launch' not in four.stderr
   report = two.stderr.splitlines()[0]
-  assert report.startswith('launch.sh: found ') and '2 local processes' in report
-  assert 'COORDINATOR_ADDRESS=127.0.0.1:' in report and '2 CPU device(s) per process' in report
-  assert 'compilation cache' in report and 'MLP_JAX_COMPILATION_CACHE' in report
+  assert report.startswith('mlp_jax.launch: 2 local processes: COORDINATOR_ADDRESS=127.0.0.1:')
+  assert 'NUM_PROCESSES=2 PROCESS_ID=0..1' in report
+  assert '2 CPU device(s) per process (XLA_FLAGS)' in report
   lines = two.stdout.splitlines()
   assert lines and all(l.startswith(('[p0] ', '[p1] ')) for l in lines), two.stdout
   for p in ('[p0] ', '[p1] '):
@@ -189,31 +194,25 @@ def test_launch_reports_and_prefixes_output(three_ways):
 
 
 def test_every_process_failing_fails_the_launch(tmp_path, cache_dir):
-  run = launch('--local_processes=2', 'mlp_jax.main', '--epochs=-1',
-               f'--workdir={tmp_path / "w"}', env=_env(cache_dir), timeout=60)
+  run = launch('--processes=2', 'mlp_jax.main', '--epochs=-1', f'--workdir={tmp_path / "w"}',
+               env=_env(cache_dir), timeout=60, command=PYTHON_LAUNCHER)
   assert run.proc.returncode == 2, run.stderr
   # The first to fail is named; the other may be stopped before it says the same.
   assert re.search(r'^\[p[01]\] error: --epochs must be at least 1, got -1$', run.stderr, re.M)
-  assert re.search(r'^launch.sh: failed: process [01] exited with exit code 2 '
+  assert re.search(r'^mlp_jax.launch: failed: process [01] exited with exit code 2 '
                    r'\(exit codes: p0=\d+ p1=\d+\)$', run.stderr, re.M), run.stderr
 
 
-def _wrapper(tmp_path, body):
-  """An executable used as $PYTHON: `body` runs first, then the real interpreter."""
-  path = tmp_path / 'python_wrapper'
-  path.write_text(f'#!{sys.executable}\nimport os, socket, sys, time\n{body}\n'
-                  'os.execv(sys.executable, [sys.executable] + sys.argv[1:])\n')
-  path.chmod(path.stat().st_mode | stat.S_IEXEC)
-  return str(path)
-
-
 def _two_process_sweep_with(tmp_path, cache_dir, body, grace):
-  """launch.sh --local_processes=2 of a 1-epoch sweep, each process started through
-  _wrapper(body), with MLP_JAX_LAUNCH_GRACE=`grace` seconds before SIGKILL."""
-  return launch('--local_processes=2', 'experiments.sweep', '--seeds=0-1', '--epochs=1',
-                f'--workdir={tmp_path / "w"}',
-                env=_env(cache_dir, PYTHON=_wrapper(tmp_path, body),
-                         MLP_JAX_LAUNCH_GRACE=grace), timeout=60)
+  """mlp_jax.launch --processes=2 of a 1-epoch sweep whose processes run `body` first,
+  with MLP_JAX_LAUNCH_GRACE=`grace` seconds before SIGKILL."""
+  (tmp_path / 'sweep_after_body.py').write_text(
+      f'import os, runpy, socket, sys, time\n{body}\n'
+      "runpy.run_module('experiments.sweep', run_name='__main__', alter_sys=True)\n")
+  return launch('--processes=2', 'sweep_after_body', '--seeds=0-1', '--epochs=1',
+                f'--workdir={tmp_path / "w"}', command=PYTHON_LAUNCHER,
+                env=_env(cache_dir, PYTHONPATH=str(tmp_path), MLP_JAX_LAUNCH_GRACE=grace),
+                timeout=60)
 
 
 def test_one_process_failing_stops_the_one_waiting_for_it(tmp_path, cache_dir):
@@ -233,20 +232,19 @@ if os.environ.get('PROCESS_ID') == '1':
   sys.exit(3)''', grace='2')
   assert run.proc.returncode == 3, run.stderr
   assert '[p1] process 1: failing on purpose' in run.stderr
-  assert 'launch.sh: process 1 (pid ' in run.stderr
+  assert 'mlp_jax.launch: process 1 (pid ' in run.stderr
   assert 'failed with exit code 3; stopping the other 1 process(es)' in run.stderr
   # Process 0 was stopped: SIGTERM (143), or SIGKILL (137) after the grace period.
-  assert re.search(r'launch.sh: failed: process 1 exited with exit code 3 '
+  assert re.search(r'mlp_jax.launch: failed: process 1 exited with exit code 3 '
                    r'\(exit codes: p0=1(43|37) p1=3\)', run.stderr), run.stderr
   assert run.seconds < 40
 
 
 def test_a_process_dying_after_joining_stops_the_rest(tmp_path, cache_dir):
   """Process 1 joins the distributed runtime and dies; process 0 is left at the first
-  barrier, where JAX takes SIGTERM as a preemption notice: launch.sh kills it."""
+  barrier, where JAX takes SIGTERM as a preemption notice: the launcher kills it."""
   run = _two_process_sweep_with(tmp_path, cache_dir, '''
 if os.environ.get('PROCESS_ID') == '1':
-  sys.path.insert(0, os.getcwd())
   from mlp_jax import environment
   environment.initialize_distributed()
   print('process 1: joined, now dying', file=sys.stderr, flush=True)
@@ -254,7 +252,7 @@ if os.environ.get('PROCESS_ID') == '1':
   assert run.proc.returncode == 4, run.stderr
   assert '[p1] process 1: joined, now dying' in run.stderr
   assert 'failed with exit code 4; stopping the other 1 process(es)' in run.stderr
-  assert 'launch.sh: failed: process 1 exited with exit code 4' in run.stderr
+  assert 'mlp_jax.launch: failed: process 1 exited with exit code 4' in run.stderr
   assert run.seconds < 40
 
 
@@ -271,13 +269,13 @@ def test_a_module_error_after_joining_stops_the_launch(tmp_path, cache_dir):
   run.wait(1)
   assert run.proc.returncode == 2, run.stderr
   assert '[p1] error: --workdir=' in run.stderr
-  assert 'launch.sh: failed: process 1 exited with exit code 2' in run.stderr
+  assert 'mlp_jax.launch: failed: process 1 exited with exit code 2' in run.stderr
 
 
 def test_sigterm_is_forwarded_and_every_process_checkpoints(tmp_path, cache_dir):
   workdir = tmp_path / 'w'
-  run = Launch('--local_processes=2', 'experiments.sweep', '--seeds=0-1', '--epochs=30',
-               f'--workdir={workdir}', env=_env(cache_dir))
+  run = Launch('--processes=2', 'experiments.sweep', '--seeds=0-1', '--epochs=30',
+               f'--workdir={workdir}', env=_env(cache_dir), command=PYTHON_LAUNCHER)
   try:
     run.wait_for_line('epoch  1/30', timeout=60)  # the processes are in their training loop
   except BaseException:
@@ -285,10 +283,10 @@ def test_sigterm_is_forwarded_and_every_process_checkpoints(tmp_path, cache_dir)
     raise
   run.proc.send_signal(signal.SIGTERM)
   assert run.wait(60) == 128 + signal.SIGTERM, run.stderr
-  assert 'launch.sh: got SIGTERM; sending SIGTERM to the 2 running process(es)' in run.stderr
+  assert 'mlp_jax.launch: got SIGTERM; sending SIGTERM to the 2 running process(es)' in run.stderr
   for p in (0, 1):
     assert f'[p{p}] mlp_jax: stopped by SIGTERM after epoch' in run.stderr
-  assert 'launch.sh: stopped by SIGTERM (exit codes: p0=143 p1=143)' in run.stderr
+  assert 'mlp_jax.launch: stopped by SIGTERM (exit codes: p0=143 p1=143)' in run.stderr
   assert os.listdir(workdir / 'checkpoints')
   assert not (workdir / 'seed_0' / 'params.msgpack').exists()
 
@@ -297,16 +295,22 @@ def test_help(cache_dir):
   result = subprocess.run(['bash', LAUNCH, '--help'], capture_output=True, text=True,
                           timeout=30, env=_env(cache_dir))
   assert result.returncode == 0 and result.stderr == ''
-  assert result.stdout.startswith('Usage: ./launch.sh [--local_processes=N] [--deterministic]')
-  for text in ('--local_processes=N', '--deterministic', '--xla_force_host_platform_device_count',
-               'XLA_PYTHON_CLIENT_PREALLOCATE=false', 'MLP_JAX_COMPILATION_CACHE',
-               'MLP_JAX_DISTRIBUTED=auto', 'SLURM_JOB_NODELIST', 'srun', '8-GPU', 'TPU VM'):
+  assert result.stdout.startswith('Usage: ./launch.sh [--local_processes=N] MODULE')
+  for text in ('--local_processes=N', 'mlp_jax.launch', '--xla_force_host_platform_device_count',
+               'XLA_PYTHON_CLIENT_PREALLOCATE=false', 'jax.distributed.initialize()',
+               'MLP_JAX_DISTRIBUTED=auto', 'SLURM', 'srun', 'mpirun', 'TPU VM',
+               'COORDINATOR_ADDRESS'):
     assert text in result.stdout, text
+  assert 'deterministic' not in result.stdout  # a Python-side default now, not a launch option
+  result = subprocess.run([*PYTHON_LAUNCHER, '--help'], capture_output=True, text=True,
+                          timeout=30, env=_env(cache_dir), cwd=REPO)
+  assert result.returncode == 0 and 'python -m mlp_jax.launch --processes=N' in result.stdout
+  assert 'MLP_JAX_LAUNCH_GRACE' in result.stdout
 
 
 @pytest.mark.parametrize('args, message', [
     ([], 'no MODULE given'),
-    (['--deterministic'], 'no MODULE given'),
+    (['--deterministic', 'mlp_jax.main'], "unknown option '--deterministic'"),
     (['--frobnicate', 'mlp_jax.main'], "unknown option '--frobnicate'"),
     (['--local_processes=0', 'mlp_jax.main'], "got '0'"),
     (['--local_processes=abc', 'mlp_jax.main'], "got 'abc'"),
@@ -314,7 +318,7 @@ def test_help(cache_dir):
     (['--local_processes'], '--local_processes needs a value'),
     (['mlp_jax/main.py'], 'MODULE must be a Python module'),
 ])
-def test_bad_usage_is_one_line_and_exit_2(args, message, cache_dir):
+def test_bad_usage_of_launch_sh_is_one_line_and_exit_2(args, message, cache_dir):
   result = subprocess.run(['bash', LAUNCH, *args], capture_output=True, text=True, timeout=30,
                           env=_env(cache_dir))
   assert result.returncode == 2 and result.stdout == ''
@@ -322,55 +326,178 @@ def test_bad_usage_is_one_line_and_exit_2(args, message, cache_dir):
   assert result.stderr.startswith('launch.sh: error: ') and message in result.stderr
 
 
-def _dry_run(cache_dir, *args, **env):
-  result = subprocess.run(['bash', LAUNCH, '--dry_run', *args], capture_output=True, text=True,
-                          timeout=30, env=_env(cache_dir, **env))
-  return result
+@pytest.mark.parametrize('args, env, message', [
+    ([], {}, 'no MODULE given'),
+    (['mlp_jax.main'], {}, '--processes=N is required'),
+    (['--processes=0', 'mlp_jax.main'], {}, "got '0'"),
+    (['--processes', 'x', 'mlp_jax.main'], {}, "got 'x'"),
+    (['--processes'], {}, '--processes needs a value'),
+    (['--deterministic', 'mlp_jax.main'], {}, "unknown option '--deterministic'"),
+    (['--processes=2', 'mlp_jax/main.py'], {}, 'MODULE must be a Python module'),
+    (['--processes=2', 'mlp_jax.main'], {'MLP_JAX_LAUNCH_GRACE': 'soon'},
+     "MLP_JAX_LAUNCH_GRACE must be seconds (>= 0), got 'soon'"),
+    (['--processes=2', 'mlp_jax.main'], {'MLP_JAX_PORT': '70000'},
+     "MLP_JAX_PORT must be a port number, got '70000'"),
+    (['--processes=3', 'mlp_jax.main'], {'CUDA_VISIBLE_DEVICES': '0,1,2,3'},
+     '--processes=3 does not divide the 4 GPU(s) (0,1,2,3) evenly'),
+])
+def test_bad_usage_of_the_launcher_is_one_line_and_exit_2(args, env, message, monkeypatch,
+                                                          capsys):
+  for name in _SCRUBBED:
+    monkeypatch.delenv(name, raising=False)
+  for name, value in env.items():
+    monkeypatch.setenv(name, value)
+  assert launcher.main(args) == 2
+  out, err = capsys.readouterr()
+  assert out == '' and len(err.splitlines()) == 1, err
+  assert err.startswith('error: ') and message in err
 
 
-def test_slurm_tasks_find_their_coordinator(cache_dir):
-  slurm = dict(SLURM_JOB_ID='4242', SLURM_NTASKS='4', SLURM_PROCID='3',
-               SLURM_JOB_NODELIST='gpu-[07-09,12],cpu1', PATH='/usr/bin:/bin')  # no scontrol
-  result = _dry_run(cache_dir, 'experiments.sweep', '--seeds=0-7', **slurm)
-  assert result.returncode == 0, result.stderr
-  assert ('COORDINATOR_ADDRESS=gpu-07:12597 NUM_PROCESSES=4 PROCESS_ID=3 '
-          in result.stdout), result.stdout
-  assert result.stdout.rstrip().endswith('-m experiments.sweep --seeds=0-7')
-  assert 'SLURM job 4242, task 3 of 4' in result.stderr
-  result = _dry_run(cache_dir, 'mlp_jax.main', **{**slurm, 'MLP_JAX_PORT': '2222',
-                                                  'SLURM_JOB_NODELIST': 'rack[1-2]-n[001-004]'})
-  assert 'COORDINATOR_ADDRESS=rack1-n001:2222 ' in result.stdout, result.stderr
-
-
-def test_cluster_variables_pass_through_or_are_refused(cache_dir):
-  result = _dry_run(cache_dir, 'mlp_jax.main', COORDINATOR_ADDRESS='host0:1234',
-                    NUM_PROCESSES='2', PROCESS_ID='1')
-  assert result.returncode == 0
-  assert 'COORDINATOR_ADDRESS=host0:1234 NUM_PROCESSES=2 PROCESS_ID=1 ' in result.stdout
-  assert 'passed through' in result.stderr
-  result = _dry_run(cache_dir, 'mlp_jax.main', NUM_PROCESSES='2')
-  assert result.returncode == 2 and 'COORDINATOR_ADDRESS, PROCESS_ID missing' in result.stderr
-  result = _dry_run(cache_dir, 'mlp_jax.main', COORDINATOR_ADDRESS='h:1', NUM_PROCESSES='2',
-                    PROCESS_ID='2')
-  assert result.returncode == 2 and 'PROCESS_ID < NUM_PROCESSES' in result.stderr
-
-
-def test_accelerator_settings(cache_dir):
-  tpu = _dry_run(cache_dir, 'mlp_jax.main', MLP_JAX_ACCELERATOR='tpu')
-  assert tpu.returncode == 0 and 'MLP_JAX_DISTRIBUTED=auto ' in tpu.stdout
-  gpu = _dry_run(cache_dir, '--deterministic', '--local_processes=2', 'mlp_jax.main',
-                 MLP_JAX_ACCELERATOR='gpu', CUDA_VISIBLE_DEVICES='0,1,2,3')
-  assert gpu.returncode == 0, gpu.stderr
-  lines = gpu.stdout.splitlines()
+def test_the_launcher_splits_the_gpus_and_sets_each_process(monkeypatch, capsys):
+  for name in _SCRUBBED:
+    monkeypatch.delenv(name, raising=False)
+  monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '0,1,2,3')
+  monkeypatch.setenv('MLP_JAX_PORT', '23456')
+  monkeypatch.setenv('MLP_JAX_DISTRIBUTED', 'auto')  # the launcher's variables win
+  assert launcher.main(['--processes=2', '--dry_run', 'mlp_jax.main', '--epochs=1']) == 0
+  out, err = capsys.readouterr()
+  assert err.startswith('mlp_jax.launch: 2 local processes: COORDINATOR_ADDRESS=127.0.0.1:23456')
+  assert 'CUDA_VISIBLE_DEVICES: 2 GPU(s) per process' in err
+  lines = out.splitlines()
   assert len(lines) == 2
   for p, share in ((0, '0,1'), (1, '2,3')):
-    assert lines[p].startswith(f'launch.sh: would run [p{p}]: COORDINATOR_ADDRESS=127.0.0.1:')
-    assert (f'NUM_PROCESSES=2 PROCESS_ID={p} CUDA_VISIBLE_DEVICES={share} '
-            'XLA_PYTHON_CLIENT_PREALLOCATE=false XLA_FLAGS=--xla_gpu_deterministic_ops=true '
-            in lines[p]), lines[p]
-  mine = _dry_run(cache_dir, 'mlp_jax.main', MLP_JAX_ACCELERATOR='gpu',
-                  XLA_PYTHON_CLIENT_PREALLOCATE='true')
-  assert 'XLA_PYTHON_CLIENT_PREALLOCATE=true ' in mine.stdout and 'kept (yours)' in mine.stderr
-  odd = _dry_run(cache_dir, '--local_processes=3', 'mlp_jax.main', MLP_JAX_ACCELERATOR='gpu',
-                 CUDA_VISIBLE_DEVICES='0,1,2,3')
-  assert odd.returncode == 2 and 'does not divide the 4 GPU(s)' in odd.stderr
+    assert lines[p] == (f'mlp_jax.launch: would run [p{p}]: COORDINATOR_ADDRESS=127.0.0.1:23456 '
+                        f'NUM_PROCESSES=2 PROCESS_ID={p} CUDA_VISIBLE_DEVICES={share} '
+                        f'{sys.executable} -m mlp_jax.main --epochs=1')
+  envs, _ = launcher.plan(2)
+  assert all('MLP_JAX_DISTRIBUTED' not in env and env['PYTHONUNBUFFERED'] == '1' for env in envs)
+
+
+def test_launch_sh_runs_the_module_with_the_gpu_settings(tmp_path, cache_dir):
+  """A single process is `python -m MODULE ARGS` with this checkout on PYTHONPATH; where
+  nvidia-smi lists a GPU, JAX is told not to take 75% of its memory up front."""
+  (tmp_path / 'show_env.py').write_text(
+      'import os, sys\n'
+      'print(sys.argv[1:], os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"), '
+      'os.environ["PYTHONPATH"].split(os.pathsep)[0])\n')
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir()
+  fake = bin_dir / 'nvidia-smi'
+  fake.write_text('#!/bin/sh\necho "GPU 0: NVIDIA Fake (UUID: GPU-0)"\n')
+  fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+  env = _env(cache_dir, PYTHONPATH=str(tmp_path), PATH=f'{bin_dir}:{os.environ["PATH"]}')
+  result = subprocess.run(['bash', LAUNCH, 'show_env', '--a=1', 'b c'], capture_output=True,
+                          text=True, timeout=30, env=env, cwd=str(tmp_path))
+  assert result.returncode == 0, result.stderr
+  assert result.stdout == f"['--a=1', 'b c'] false {REPO}\n"
+  result = subprocess.run(['bash', LAUNCH, 'show_env'], capture_output=True, text=True,
+                          timeout=30, env={**env, 'XLA_PYTHON_CLIENT_PREALLOCATE': 'true'},
+                          cwd=str(tmp_path))
+  assert result.stdout == f'[] true {REPO}\n'  # yours is kept
+
+
+# ---------------------------------------------------------------- initialize_distributed
+
+@pytest.fixture
+def fake_initialize(monkeypatch):
+  """jax.distributed.initialize replaced by a recorder: the calls initialize_distributed
+  makes, each as its keyword arguments."""
+  for name in _SCRUBBED:
+    monkeypatch.delenv(name, raising=False)
+  calls = []
+  monkeypatch.setattr(environment.jax.distributed, 'initialize', lambda **kw: calls.append(kw))
+  monkeypatch.setattr(environment.jax.config, 'update', lambda name, value: None)
+  return calls
+
+
+@pytest.mark.parametrize('env, expected', [
+    ({}, []),
+    ({'COORDINATOR_ADDRESS': 'host0:1234', 'NUM_PROCESSES': '2', 'PROCESS_ID': '1'},
+     [dict(coordinator_address='host0:1234', num_processes=2, process_id=1)]),
+    # The clusters JAX detects itself: it is called without arguments.
+    ({'SLURM_JOB_ID': '4242', 'SLURM_NTASKS': '4', 'SLURM_PROCID': '3'}, [{}]),
+    ({'SLURM_JOB_ID': '4242', 'SLURM_NTASKS': '1', 'SLURM_PROCID': '0'}, []),  # one task
+    ({'OMPI_COMM_WORLD_SIZE': '2', 'OMPI_COMM_WORLD_RANK': '0'}, [{}]),
+    ({'MLP_JAX_DISTRIBUTED': 'auto'}, [{}]),
+    ({'MLP_JAX_DISTRIBUTED': 'off', 'SLURM_JOB_ID': '1', 'SLURM_NTASKS': '4'}, []),
+    # Explicit variables win over a detected cluster (the launcher inside a SLURM job).
+    ({'SLURM_JOB_ID': '1', 'SLURM_NTASKS': '4', 'COORDINATOR_ADDRESS': '127.0.0.1:9',
+      'NUM_PROCESSES': '2', 'PROCESS_ID': '0'},
+     [dict(coordinator_address='127.0.0.1:9', num_processes=2, process_id=0)]),
+])
+def test_initialize_distributed_joins_what_it_should(env, expected, fake_initialize,
+                                                     monkeypatch):
+  for name, value in env.items():
+    monkeypatch.setenv(name, value)
+  environment.initialize_distributed()
+  assert fake_initialize == expected
+
+
+def test_initialize_distributed_lets_jax_detect_a_tpu_vm(fake_initialize, monkeypatch):
+  from jax._src import cloud_tpu_init  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(cloud_tpu_init, 'running_in_cloud_tpu_vm', True)
+  environment.initialize_distributed()
+  assert fake_initialize == [{}]
+
+
+@pytest.mark.parametrize('env, message', [
+    ({'NUM_PROCESSES': '2'}, 'set all of COORDINATOR_ADDRESS, NUM_PROCESSES and PROCESS_ID, '
+     'or none (COORDINATOR_ADDRESS, PROCESS_ID missing)'),
+    ({'COORDINATOR_ADDRESS': 'h:1', 'NUM_PROCESSES': '2', 'PROCESS_ID': '2'},
+     "need 0 <= PROCESS_ID < NUM_PROCESSES, got PROCESS_ID='2' NUM_PROCESSES='2'"),
+    ({'COORDINATOR_ADDRESS': 'h', 'NUM_PROCESSES': '2', 'PROCESS_ID': '0'},
+     "COORDINATOR_ADDRESS must be host:port, got 'h'"),
+    ({'MLP_JAX_DISTRIBUTED': 'yes'}, "MLP_JAX_DISTRIBUTED must be 'auto' or 'off', got 'yes'"),
+])
+def test_initialize_distributed_refuses_incomplete_settings(env, message, fake_initialize,
+                                                            monkeypatch):
+  for name, value in env.items():
+    monkeypatch.setenv(name, value)
+  with pytest.raises(UsageError) as error:
+    environment.initialize_distributed()
+  assert str(error.value) == message and not fake_initialize
+
+
+def test_a_cluster_jax_cannot_read_is_one_line(monkeypatch):
+  for name in _SCRUBBED:
+    monkeypatch.delenv(name, raising=False)
+  monkeypatch.setattr(environment.jax.config, 'update', lambda name, value: None)
+
+  def refuse():
+    raise ValueError('coordinator_address should be defined.\nmore')
+  monkeypatch.setattr(environment.jax.distributed, 'initialize', refuse)
+  monkeypatch.setenv('SLURM_JOB_ID', '5')
+  monkeypatch.setenv('SLURM_NTASKS', '2')
+  with pytest.raises(UsageError, match=r'^a SLURM step of several tasks found, but '
+                     r'jax.distributed.initialize\(\) could not set up from it: '
+                     r'coordinator_address should be defined. \(start each task with srun'):
+    environment.initialize_distributed()
+
+
+@pytest.mark.parametrize('cluster', ['slurm', 'openmpi'])
+def test_jax_detects_the_cluster_and_the_processes_join(cluster, cache_dir):
+  """Two real processes with the variables srun (or Open MPI's mpirun) sets, on this
+  machine: JAX finds the coordinator, the count and each process's id."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  code = ('from mlp_jax import environment; environment.initialize_distributed(); '
+          'import jax; print(jax.process_count(), jax.process_index(), jax.device_count())')
+  procs = []
+  for i in range(2):
+    if cluster == 'slurm':
+      variables = dict(SLURM_JOB_ID='77', SLURM_STEP_NODELIST='127.0.0.1', SLURM_NTASKS='2',
+                       SLURM_PROCID=str(i), SLURM_LOCALID=str(i), JAX_COORDINATOR_PORT=str(port))
+    else:
+      variables = dict(OMPI_MCA_orte_hnp_uri=f'1531576320.0;tcp://127.0.0.1:{port}',
+                       OMPI_COMM_WORLD_SIZE='2', OMPI_COMM_WORLD_RANK=str(i),
+                       OMPI_COMM_WORLD_LOCAL_RANK=str(i))
+    procs.append(subprocess.Popen([sys.executable, '-c', code], cwd=REPO, text=True,
+                                  env=_env(cache_dir, **variables), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE))
+  try:
+    outputs = [proc.communicate(timeout=60) for proc in procs]
+  finally:
+    for proc in procs:
+      proc.kill()
+  assert [out for out, _ in outputs] == ['2 0 2\n', '2 1 2\n'], outputs
