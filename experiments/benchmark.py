@@ -6,7 +6,7 @@ One run measures, on whatever backend JAX finds:
             warm-up: the backend's practical peak.
   epoch     steady-state epoch time of the seed config (MLP 784-128-128-10, batch
             128, Adam 1e-3, all of MNIST) with the compiled programs
-            mlp_jax.main runs (mlp_jax.run.ChunkPrograms: state donated, the
+            mlp_jax.main runs (mlp_jax.driver.ChunkPrograms: state donated, the
             project's compiler options), one seed on one device: the median
             over the epochs after the first, its training GFLOP/s and fraction
             of the matmul peak, and the eval time.
@@ -50,8 +50,8 @@ from mlp_jax.data import load_mnist
 from mlp_jax.errors import UsageError
 from mlp_jax.flags import reject_extra_arguments
 from mlp_jax.mesh import SeedMesh
-from mlp_jax.run import ChunkPrograms, to_device
-from mlp_jax.train import make_trainer, seed_keys
+from mlp_jax.driver import ChunkPrograms, to_device
+from mlp_jax.train import make_trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INPUT_SIZE = 784
@@ -132,7 +132,7 @@ def matmul_peak(size: int, repeats: int) -> Dict[str, Any]:
 def measure_epochs(epochs: int) -> Dict[str, Any]:
   """Trains the seed config for `epochs` epochs with the programs mlp_jax.main runs.
 
-  One seed on one device, through mlp_jax.run.ChunkPrograms (state donated, the
+  One seed on one device, through mlp_jax.driver.ChunkPrograms (state donated, the
   project's compiler options); each epoch is timed to its metrics on the host,
   and the steady state is the median of all epochs but the first.
   """
@@ -142,7 +142,7 @@ def measure_epochs(epochs: int) -> Dict[str, Any]:
   trainer = make_trainer(config, train_size=data.train_images.shape[0])
   programs = ChunkPrograms(trainer, data, mesh, vmap_width=1)
   _, train_epoch, evaluate = programs.get(1)
-  state = programs.initial_states([seed_keys(config)])
+  state = programs.initial_states([config])
   epoch_seconds, eval_seconds = [], []
   for _ in range(epochs):
     tick = time.perf_counter()

@@ -61,9 +61,7 @@ missing, unreadable or partial record), reported as one line `error: ...`.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import math
 import os
@@ -74,20 +72,12 @@ import numpy as np
 from absl import flags
 
 from mlp_jax import cli
+from mlp_jax.records import (CONFIG_FILE, ENVIRONMENT_FILE, HISTORY_FILE, SWEEP_FILE,
+                             SEED_DIR, TIMING_SUFFIX, read_history, read_json_object, seed_dir)
 from mlp_jax.errors import UsageError
 
 FLAGS = flags.FLAGS
 
-# The record names of mlp_jax.records (not imported: it loads jax, which this tool does not
-# need; tests/test_compare.py checks that the names agree) and of experiments.sweep.
-CONFIG_FILE = 'config.json'
-ENVIRONMENT_FILE = 'environment.json'
-HISTORY_FILE = 'history.csv'
-SWEEP_FILE = 'sweep.json'
-SEED_DIR = 'seed_{}'
-
-EPOCH_COLUMN = 'epoch'
-TIMING_SUFFIX = '_seconds'
 # Environment facts about how a run was launched, not what it computes (see the docstring).
 IGNORED_ENVIRONMENT = ('command', 'process_index', 'data.source',
                        'jax_config.jax_compilation_cache_dir')
@@ -105,19 +95,6 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
 
 
 # ----------------------------------------------------------------------------- reading
-
-
-@dataclasses.dataclass(frozen=True)
-class History:
-  """history.csv as text: the header and, for each epoch, its row (column -> cell text)."""
-  columns: Tuple[str, ...]
-  rows: Dict[int, Dict[str, str]]
-
-  @property
-  def metrics(self) -> Tuple[str, ...]:
-    """The columns compared bit for bit: all but `epoch` and the timing columns."""
-    return tuple(c for c in self.columns
-                 if c != EPOCH_COLUMN and not c.endswith(TIMING_SUFFIX))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,73 +123,6 @@ class Sweep:
 Side = Union[Run, Sweep]
 
 
-def read_json_object(path: str) -> Dict[str, Any]:
-  """A JSON file holding an object; UsageError if it is missing, unreadable or not an object."""
-  try:
-    with open(path) as f:
-      obj = json.load(f)
-  except FileNotFoundError:
-    raise UsageError(f'{path}: missing') from None
-  except json.JSONDecodeError as e:
-    raise UsageError(f'{path}: unreadable JSON ({e.msg}, line {e.lineno})') from None
-  except (OSError, UnicodeDecodeError) as e:
-    raise UsageError(f'{path}: unreadable ({e})') from None
-  if not isinstance(obj, dict):
-    raise UsageError(f'{path}: expected a JSON object, found {type(obj).__name__}')
-  return obj
-
-
-def _parse_epoch(text: str, where: str) -> int:
-  try:
-    epoch = int(text)
-  except ValueError:
-    epoch = 0
-  if epoch < 1:
-    raise UsageError(f'{where}: epoch {text!r} is not a positive integer')
-  return epoch
-
-
-def read_history(path: str) -> History:
-  """Reads and checks history.csv, keeping every cell as text.
-
-  Raises:
-    UsageError: the file is missing, empty, ends in a partial row, has a row
-      whose length differs from the header's, a bad or repeated epoch, or a
-      metric cell that is not a number.
-  """
-  try:
-    with open(path, newline='') as f:
-      text = f.read()
-  except FileNotFoundError:
-    raise UsageError(f'{path}: missing (the run has not finished an epoch)') from None
-  except (OSError, UnicodeDecodeError) as e:
-    raise UsageError(f'{path}: unreadable ({e})') from None
-  if not text:
-    raise UsageError(f'{path}: empty')
-  if not text.endswith('\n'):
-    raise UsageError(f'{path}: ends in a partial row (still being written?)')
-  lines = list(csv.reader(io.StringIO(text)))
-  columns = tuple(lines[0])
-  if EPOCH_COLUMN not in columns or len(set(columns)) != len(columns) or '' in columns:
-    raise UsageError(f'{path}: bad header {",".join(columns)!r}')
-  history = History(columns, {})
-  for number, cells in enumerate(lines[1:], start=2):
-    where = f'{path}, line {number}'
-    if len(cells) != len(columns):
-      raise UsageError(f'{where}: {len(cells)} cells, the header has {len(columns)}')
-    row = dict(zip(columns, cells))
-    epoch = _parse_epoch(row[EPOCH_COLUMN], where)
-    if epoch in history.rows:
-      raise UsageError(f'{where}: epoch {epoch} repeated')
-    for name in history.metrics:
-      try:
-        float(row[name])
-      except ValueError:
-        raise UsageError(f'{where}: {name} {row[name]!r} is not a number') from None
-    history.rows[epoch] = row
-  return history
-
-
 def load_run(path: str) -> Run:
   """A run directory's config.json, environment.json and history.csv."""
   config = read_json_object(os.path.join(path, CONFIG_FILE))
@@ -234,7 +144,7 @@ def load_sweep(path: str) -> Sweep:
   environment = read_json_object(os.path.join(path, ENVIRONMENT_FILE))
   runs, without = {}, []
   for seed in seeds:
-    run_dir = os.path.join(path, SEED_DIR.format(seed))
+    run_dir = seed_dir(path, seed)
     if all(os.path.exists(os.path.join(run_dir, name)) for name in (CONFIG_FILE, HISTORY_FILE)):
       runs[seed] = load_run(run_dir)
     else:
@@ -336,7 +246,7 @@ class Pairing:
 def _run_vs_sweep(run: Run, sweep: Sweep, run_is_a: bool) -> Pairing:
   """The run against the sweep's run of the same seed (see the module docstring)."""
   order = (lambda x, y: (x, y)) if run_is_a else (lambda x, y: (y, x))
-  seed_dir = SEED_DIR.format(run.seed)
+  seed_folder = SEED_DIR.format(run.seed)
   match = sweep.runs.get(run.seed)
   if match is None:
     note = f'the sweep has no records for seed {run.seed} (the run\'s seed); nothing compared'
@@ -346,10 +256,10 @@ def _run_vs_sweep(run: Run, sweep: Sweep, run_is_a: bool) -> Pairing:
                        run.config, sweep.settings.get('config', {}))),
                    order(run.environment, sweep.environment))
   others = len(sweep.runs) - 1
-  notes = [f'the run is compared with the sweep\'s {seed_dir}'
+  notes = [f'the run is compared with the sweep\'s {seed_folder}'
            + (f'; its other {plural(others, "seed")} are not compared' if others else '')]
   return Pairing([(run.seed, *order(run, match))], [], [], notes,
-                 (f'{CONFIG_FILE} vs {seed_dir}/{CONFIG_FILE}', *order(run.config, match.config)),
+                 (f'{CONFIG_FILE} vs {seed_folder}/{CONFIG_FILE}', *order(run.config, match.config)),
                  order(run.environment, match.environment))
 
 

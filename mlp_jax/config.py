@@ -19,6 +19,9 @@ MNIST_TRAIN_SIZE = 60_000
 BUNDLED_DATASET = 'mnist'
 MODELS = ('mlp', 'cnn')
 LR_SCHEDULES = ('constant', 'cosine', 'warmup_cosine')
+# jax.default_matmul_precision values; 'default' leaves the backend's own (TF32 on
+# recent NVIDIA GPUs, bf16 passes on TPUs, full float32 on CPUs).
+MATMUL_PRECISIONS = ('default', 'high', 'highest')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +49,11 @@ class TrainConfig:
     dataset: 'mnist' (the bundled canonical files) or a TFDS dataset name of
       28x28x1 images (fashion_mnist, kmnist, emnist/digits, ...).
     tfds_data_dir: where TFDS datasets are prepared (None: TFDS's default).
+    vmap_width: seeds vectorised together (jax.vmap) in one group of the
+      compiled program; 1 runs seeds one after another. A seed's numbers depend
+      on the width (XLA picks reduction orders by shape), never on which seeds
+      share its group: a group short of seeds is padded to the full width.
+    matmul_precision: precision of float32 matrix products (MATMUL_PRECISIONS).
   """
 
   epochs: int = 100
@@ -63,6 +71,8 @@ class TrainConfig:
   lr_schedule: str = 'constant'
   dataset: str = BUNDLED_DATASET
   tfds_data_dir: Optional[str] = None
+  vmap_width: int = 1
+  matmul_precision: str = 'default'
 
   def __post_init__(self):
     # Normalise so that a config read back from JSON compares equal.
@@ -92,6 +102,11 @@ class TrainConfig:
     if self.dataset != BUNDLED_DATASET and self.data_dir is not None:
       raise UsageError(f'--data_dir reads the MNIST IDX files; with --dataset={self.dataset} '
                        'use --tfds_data_dir')
+    if self.vmap_width < 1:
+      raise UsageError(f'--vmap_width must be auto or at least 1, got {self.vmap_width}')
+    if self.matmul_precision not in MATMUL_PRECISIONS:
+      raise UsageError(f'--matmul_precision must be one of {", ".join(MATMUL_PRECISIONS)}, '
+                       f'got {self.matmul_precision!r}')
     for name in ('seed', 'init_seed', 'data_seed'):
       value = getattr(self, name)
       if value is not None and not 0 <= value < 2**32:

@@ -6,11 +6,14 @@ and `config_from_flags()` in their main, so a flag means the same everywhere.
 
 from __future__ import annotations
 
+from typing import Optional
+
 from absl import flags
 
-from mlp_jax.config import LR_SCHEDULES, MODELS, TrainConfig, parse_hidden_sizes
+from mlp_jax.config import (LR_SCHEDULES, MATMUL_PRECISIONS, MODELS, TrainConfig,
+                            parse_hidden_sizes)
 from mlp_jax.errors import UsageError
-from mlp_jax.run import RunOptions
+from mlp_jax.run import CPU_CHUNK_SIZE, RunOptions
 
 _DEFAULTS = TrainConfig()
 _RUN_DEFAULTS = RunOptions()
@@ -49,22 +52,52 @@ def define_training_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_string('tfds_data_dir', None, 'Where TFDS datasets are prepared (default: '
                       'TFDS\'s own, $TFDS_DATA_DIR or ~/tensorflow_datasets).',
                       flag_values=flag_values)
+  flags.DEFINE_string('vmap_width', 'auto', 'Seeds vectorised together with jax.vmap, a '
+                      'number or auto: on a GPU/TPU every seed of a chunk at once (as many as '
+                      'fit in memory), on a CPU 1 (seeds one after another). A seed\'s numbers '
+                      'depend on the width, never on its neighbours: --seed=k --vmap_width=W '
+                      'replays seed k of a width-W sweep bit for bit.', flag_values=flag_values)
+  flags.DEFINE_enum('matmul_precision', _DEFAULTS.matmul_precision, MATMUL_PRECISIONS,
+                    'Precision of float32 matrix products: default (the backend\'s: TF32 on '
+                    'recent NVIDIA GPUs), high, or highest (full float32).',
+                    flag_values=flag_values)
 
 
 def define_run_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """Defines the flags of how a run is carried out (RunOptions), which change no number."""
-  flags.DEFINE_integer('checkpoint_every', _RUN_DEFAULTS.checkpoint_every,
-                       'Save a checkpoint every N epochs (and after the last); 0: none.',
-                       flag_values=flag_values)
+  flags.DEFINE_string('checkpoint_every', 'auto', 'Save a checkpoint every N epochs (and '
+                      'after the last); 0: none; auto: as often as costs at most ~2% of '
+                      'training (asynchronous saves, see the README).',
+                      flag_values=flag_values)
   flags.DEFINE_integer('keep_checkpoints', _RUN_DEFAULTS.keep_checkpoints,
-                       'How many of the newest checkpoints to keep per seed.',
+                       'How many of the newest checkpoints to keep per chunk of seeds.',
                        flag_values=flag_values)
+  flags.DEFINE_string('chunk_size', 'auto', 'Seeds held on the devices and trained by one '
+                      'program at a time (memory bound; changes no result); auto: on a GPU/TPU '
+                      'one vmap group per device, on a CPU %d.' % CPU_CHUNK_SIZE,
+                      flag_values=flag_values)
+  flags.DEFINE_bool('tensorboard', _RUN_DEFAULTS.tensorboard, 'Write TensorBoard event files '
+                    '(tensorboard/ in each run directory, and the mean in a sweep\'s).',
+                    flag_values=flag_values)
   flags.DEFINE_bool('overwrite', False, 'Start over in a workdir that holds a run with '
                     'other settings (its records and checkpoints are deleted).',
                     flag_values=flag_values)
   flags.DEFINE_string('compilation_cache_dir', None, 'JAX persistent compilation cache. '
                       'Default: $MLP_JAX_COMPILATION_CACHE or ~/.cache/mlp_jax/xla; '
                       'empty turns it off.', flag_values=flag_values)
+
+
+def _auto_or_int(flag: str, text: str, minimum: int) -> Optional[int]:
+  """'auto' -> None; a whole number >= minimum -> itself; else a UsageError naming the flag."""
+  if text.strip() == 'auto':
+    return None
+  try:
+    value = int(text)
+  except ValueError:
+    value = None
+  if value is None or value < minimum:
+    raise UsageError(f'--{flag} must be auto or a whole number >= {minimum}, got {text!r}')
+  return value
 
 
 def config_from_flags(seed: int, flag_values: flags.FlagValues = flags.FLAGS) -> TrainConfig:
@@ -75,15 +108,20 @@ def config_from_flags(seed: int, flag_values: flags.FlagValues = flags.FLAGS) ->
       hidden_sizes=parse_hidden_sizes(f.hidden_sizes), init_seed=f.init_seed,
       data_seed=f.data_seed, data_dir=f.data_dir, model=f.model, dropout=f.dropout,
       batch_norm=f.batch_norm, augment=f.augment, lr_schedule=f.lr_schedule,
-      dataset=f.dataset, tfds_data_dir=f.tfds_data_dir).validate()
+      dataset=f.dataset, tfds_data_dir=f.tfds_data_dir,
+      matmul_precision=f.matmul_precision).validate()
 
 
 def run_options_from_flags(flag_values: flags.FlagValues = flags.FLAGS,
-                           **sweep_options) -> RunOptions:
-  """The validated RunOptions the parsed flags describe (plus any sweep-only options)."""
+                           **entry_point_options) -> RunOptions:
+  """The validated RunOptions the parsed flags describe (plus an entry point's own)."""
   f = flag_values
-  return RunOptions(checkpoint_every=f.checkpoint_every, keep_checkpoints=f.keep_checkpoints,
-                    overwrite=f.overwrite, **sweep_options).validate()
+  return RunOptions(
+      checkpoint_every=_auto_or_int('checkpoint_every', f.checkpoint_every, 0),
+      keep_checkpoints=f.keep_checkpoints, overwrite=f.overwrite,
+      chunk_size=_auto_or_int('chunk_size', f.chunk_size, 1),
+      vmap_width=_auto_or_int('vmap_width', f.vmap_width, 1), tensorboard=f.tensorboard,
+      **entry_point_options).validate()
 
 
 def reject_extra_arguments(argv) -> None:

@@ -1,8 +1,9 @@
 """Train the MLP on MNIST: `python -m mlp_jax.main --epochs=100 --seed=0`.
 
 Writes config.json, environment.json, history.csv, params.msgpack, timing.json,
-curves.png and checkpoints/ into --workdir (default: a new folder under runs/).
-Running the same command again on the same workdir resumes an interrupted run.
+curves.png, tensorboard/ and checkpoints/ into --workdir (default: a new folder
+under runs/). Running the same command again on the same workdir resumes an
+interrupted run. `--vmap_width=W` replays seed --seed of a width-W sweep.
 """
 
 import time

@@ -65,6 +65,17 @@ class SeedMesh:
     return jax.tree.map(lambda a: jax.make_array_from_callback(
         a.shape, self.by_seed, lambda index: a[index]), tree)
 
+  def local_rows_of(self, tree: Any) -> Any:
+    """Global seed-axis arrays -> host numpy arrays of this process's rows (in
+    `local_rows` order), all copied off the devices in one batch."""
+    leaves, treedef = jax.tree.flatten(tree)
+    shards = [sorted(leaf.addressable_shards, key=lambda s: s.index[0].start or 0)
+              for leaf in leaves]
+    for shard in (s for per_leaf in shards for s in per_leaf):
+      shard.data.copy_to_host_async()
+    return jax.tree.unflatten(treedef, [
+        np.concatenate([np.asarray(s.data) for s in per_leaf]) for per_leaf in shards])
+
   def local_seeds(self, tree: Any) -> Dict[int, Any]:
     """Global seed-axis arrays -> {row: host pytree of that seed} for this process's rows."""
     leaves, treedef = jax.tree.flatten(tree)

@@ -45,6 +45,11 @@ class Progress:
     """Units already done before this process started (a resumed run)."""
     self._done = self._start_done = done
 
+  def add_done(self, done: int) -> None:
+    """More units found done before this process started (a resumed chunk)."""
+    self._done += done
+    self._start_done += done
+
   def close(self) -> None:
     self._clear_bar()
 

@@ -1,27 +1,47 @@
-"""What a run writes in its workdir, and reading it back.
+"""The on-disk layout of runs and sweeps: every file name, every writer, the only readers.
+
+A run directory (`python -m mlp_jax.main`, or `seed_<k>/` of a sweep):
 
     config.json       every resolved setting (TrainConfig)
     environment.json  where it ran (see mlp_jax.environment)
-    history.csv       one row per finished epoch, flushed as the epoch ends
-    params.msgpack    the trained parameters (flax msgpack)
-    timing.json       start-up, compile and total wall times
-    curves.png        accuracy and loss per epoch
+    history.csv       one row per finished epoch
+    params.msgpack    the trained parameters (flax msgpack); written last: its
+                      presence marks the run complete
+    curves.png        accuracy and loss per epoch (a single run; a sweep's seeds
+                      on request)
+    tensorboard/      TensorBoard event files (unless turned off)
+    timing.json       start-up, training, evaluation, host work and total seconds
+                      (a single run; a sweep has one for all its seeds)
+    checkpoints/      a single run's checkpoints (mlp_jax.checkpoints)
 
-Every file but history.csv is written whole to a temporary name and renamed, so a
-crash leaves either the old file or the new one, never half of one.
+A sweep directory (`python -m experiments.sweep`):
+
+    sweep.json, environment.json   the sweep's settings and where it ran
+    seed_<k>/                      a run directory per seed
+    summary.csv, final.csv         statistics over the seeds
+    curves.png, tensorboard/       mean and 95% band; the mean per epoch
+    timing.json, checkpoints/      as above, for all the seeds
+
+This module imports neither jax nor flax (params are (de)serialised with flax
+imported on first use), so tools that only read records (experiments.compare)
+stay light. Every file but history.csv is written whole to a temporary name
+and renamed, so a crash leaves either the old file or the new one. history.csv
+is appended to without fsync: a checkpoint holds the metrics of every epoch it
+covers, and a resume rewrites the rows from it, so nothing a checkpoint covers
+can be lost or garbled.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
 import io
 import json
 import os
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
-import jax
 import numpy as np
-from flax import serialization
 
 from mlp_jax.config import TrainConfig
 from mlp_jax.errors import UsageError
@@ -32,31 +52,86 @@ HISTORY_FILE = 'history.csv'
 PARAMS_FILE = 'params.msgpack'
 TIMING_FILE = 'timing.json'
 CURVES_FILE = 'curves.png'
+CHECKPOINT_DIR = 'checkpoints'
+TENSORBOARD_DIR = 'tensorboard'
+SWEEP_FILE = 'sweep.json'
+SUMMARY_FILE = 'summary.csv'
+FINAL_FILE = 'final.csv'
+SEED_DIR = 'seed_{}'
 
+EPOCH_COLUMN = 'epoch'
 METRIC_COLUMNS = ('train_loss', 'train_accuracy', 'test_loss', 'test_accuracy')
+TIMING_SUFFIX = '_seconds'
 TIMING_COLUMNS = ('epoch_seconds', 'eval_seconds')
-HISTORY_COLUMNS = ('epoch',) + METRIC_COLUMNS + TIMING_COLUMNS
+HISTORY_COLUMNS = (EPOCH_COLUMN,) + METRIC_COLUMNS + TIMING_COLUMNS
+
+# What a run and a sweep write at their top level, removed by --overwrite (nothing else).
+RUN_ENTRIES = (CONFIG_FILE, ENVIRONMENT_FILE, HISTORY_FILE, PARAMS_FILE, TIMING_FILE,
+               CURVES_FILE, TENSORBOARD_DIR, CHECKPOINT_DIR)
+SWEEP_ENTRIES = (SWEEP_FILE, ENVIRONMENT_FILE, SUMMARY_FILE, FINAL_FILE, CURVES_FILE,
+                 TENSORBOARD_DIR, TIMING_FILE, CHECKPOINT_DIR)
 
 
-def format_metric(value: Any) -> str:
-  """The shortest decimal that reads back to the same value: float32 losses as
-  float32 (0.09227577), exact accuracies as float64 (0.9676)."""
-  if isinstance(value, (np.float32, float)):
-    return str(value)
-  raise TypeError(f'metric of unexpected type {type(value).__name__}')
+def seed_dir(sweep_dir: str, seed: int) -> str:
+  return os.path.join(sweep_dir, SEED_DIR.format(seed))
 
 
-def history_row(epoch: int, metrics: Mapping[str, Any], epoch_seconds: float,
-                eval_seconds: float) -> Dict[str, str]:
-  """One history.csv row as strings; metrics are float32 scalars."""
-  row = {'epoch': str(epoch)}
-  row.update({name: format_metric(metrics[name]) for name in METRIC_COLUMNS})
-  row.update(epoch_seconds=repr(float(epoch_seconds)), eval_seconds=repr(float(eval_seconds)))
-  return row
+def chunk_checkpoint_dir(sweep_dir: str, seeds: Sequence[int]) -> str:
+  """Where a sweep keeps the checkpoints of a chunk of seeds: named by its seeds, so
+  the same command finds them again."""
+  digest = hashlib.sha1(','.join(map(str, seeds)).encode()).hexdigest()[:12]
+  return os.path.join(sweep_dir, CHECKPOINT_DIR, f'seeds-{seeds[0]}-{seeds[-1]}-{digest}')
+
+
+def is_sweep(path: str) -> bool:
+  return os.path.exists(os.path.join(path, SWEEP_FILE))
+
+
+def is_run(path: str) -> bool:
+  return os.path.exists(os.path.join(path, CONFIG_FILE))
+
+
+def is_complete(run_dir: str) -> bool:
+  """A run is complete once its trained parameters are written (the last record)."""
+  return os.path.exists(os.path.join(run_dir, PARAMS_FILE))
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def format_loss(value: Any) -> str:
+  """A float32 loss as the shortest decimal that reads back to it (0.09227577)."""
+  return str(np.float32(value))
+
+
+def format_fraction(count: int, total: int) -> str:
+  """An exact accuracy: 9520 of 10,000 is '0.952', not float32's 0.95199996."""
+  return str(int(count) / total)
+
+
+def history_rows(epoch: int, metrics: Mapping[str, np.ndarray], train_examples: int,
+                 test_examples: int) -> List[Dict[str, str]]:
+  """The history.csv rows of one epoch of several seeds.
+
+  Args:
+    epoch: the epoch just finished (1-based).
+    metrics: 'train_loss', 'test_loss' (float32[S]), 'train_correct',
+      'test_correct' (counts[S]), 'epoch_seconds', 'eval_seconds' (float32[S]).
+    train_examples, test_examples: what the counts are out of.
+  """
+  return [{
+      EPOCH_COLUMN: str(epoch),
+      'train_loss': format_loss(metrics['train_loss'][i]),
+      'train_accuracy': format_fraction(metrics['train_correct'][i], train_examples),
+      'test_loss': format_loss(metrics['test_loss'][i]),
+      'test_accuracy': format_fraction(metrics['test_correct'][i], test_examples),
+      'epoch_seconds': format_loss(metrics['epoch_seconds'][i]),
+      'eval_seconds': format_loss(metrics['eval_seconds'][i]),
+  } for i in range(len(metrics['train_loss']))]
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
-  """Writes `data` to `path` via a temporary file and a rename."""
+  """Writes `data` to `path` via a temporary file, fsync and a rename."""
   tmp = f'{path}.tmp{os.getpid()}'
   try:
     with open(tmp, 'wb') as f:
@@ -74,13 +149,8 @@ def write_json(path: str, obj: Any) -> None:
   write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + '\n').encode())
 
 
-def read_json(path: str) -> Any:
-  with open(path) as f:
-    return json.load(f)
-
-
-def _csv_text(rows: Sequence[Mapping[str, str]], header: bool,
-              fieldnames: Sequence[str] = HISTORY_COLUMNS) -> str:
+def csv_text(rows: Sequence[Mapping[str, str]], header: bool,
+             fieldnames: Sequence[str] = HISTORY_COLUMNS) -> str:
   buffer = io.StringIO()
   writer = csv.DictWriter(buffer, fieldnames=fieldnames, lineterminator='\n')
   if header:
@@ -89,54 +159,164 @@ def _csv_text(rows: Sequence[Mapping[str, str]], header: bool,
   return buffer.getvalue()
 
 
-def append_history(path: str, row: Mapping[str, str]) -> None:
-  """Appends one row (writing the header first if the file is new), flushed to disk."""
-  new = not os.path.exists(path) or os.path.getsize(path) == 0
+def append_history(path: str, rows: Sequence[Mapping[str, str]]) -> None:
+  """Appends rows (the header first if the file is new); no fsync (see the module doc)."""
   with open(path, 'a') as f:
-    f.write(_csv_text([row], header=new))
-    f.flush()
-    os.fsync(f.fileno())
+    f.write(csv_text(rows, header=f.tell() == 0))
 
 
 def write_history(path: str, rows: Sequence[Mapping[str, str]]) -> None:
   """Writes a whole history.csv (header and rows) atomically."""
-  write_bytes_atomic(path, _csv_text(rows, header=True).encode())
+  write_bytes_atomic(path, csv_text(rows, header=True).encode())
 
 
 def write_csv(path: str, rows: Sequence[Mapping[str, str]]) -> None:
   """Writes rows of strings (columns from the first row) as a CSV file, atomically."""
-  write_bytes_atomic(path, _csv_text(rows, header=True, fieldnames=list(rows[0])).encode())
-
-
-def read_history(path: str) -> List[Dict[str, str]]:
-  """history.csv as a list of rows, each a dict of column -> string."""
-  with open(path, newline='') as f:
-    return list(csv.DictReader(f))
-
-
-def history_columns(rows: Sequence[Mapping[str, str]]) -> Dict[str, np.ndarray]:
-  """Rows -> {column: float64 array}, the form plots and statistics want."""
-  if not rows:
-    return {c: np.zeros(0) for c in HISTORY_COLUMNS}
-  return {c: np.array([float(r[c]) for r in rows]) for c in rows[0]}
+  write_bytes_atomic(path, csv_text(rows, header=True, fieldnames=list(rows[0])).encode())
 
 
 def save_params(path: str, variables: Any) -> None:
-  """Writes trained variables ({'params': ..., 'batch_stats': ...}) as flax msgpack."""
-  write_bytes_atomic(path, serialization.msgpack_serialize(jax.tree.map(np.asarray, variables)))
+  """Writes trained variables ({'params': ..., 'batch_stats': ...}) of numpy arrays
+  as flax msgpack."""
+  from flax import serialization  # pylint: disable=g-import-not-at-top
+  write_bytes_atomic(path, serialization.msgpack_serialize(variables))
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_json_object(path: str) -> Dict[str, Any]:
+  """A JSON file holding an object; UsageError if it is missing, unreadable or not one."""
+  try:
+    with open(path) as f:
+      obj = json.load(f)
+  except FileNotFoundError:
+    raise UsageError(f'{path}: missing') from None
+  except json.JSONDecodeError as e:
+    raise UsageError(f'{path}: unreadable JSON ({e.msg}, line {e.lineno})') from None
+  except (OSError, UnicodeDecodeError) as e:
+    raise UsageError(f'{path}: unreadable ({e})') from None
+  if not isinstance(obj, dict):
+    raise UsageError(f'{path}: expected a JSON object, found {type(obj).__name__}')
+  return obj
+
+
+@dataclasses.dataclass(frozen=True)
+class History:
+  """history.csv as text: the header and, for each epoch, its row (column -> cell text)."""
+  columns: Tuple[str, ...]
+  rows: Dict[int, Dict[str, str]]
+
+  @property
+  def metrics(self) -> Tuple[str, ...]:
+    """The columns compared bit for bit: all but `epoch` and the timing columns."""
+    return tuple(c for c in self.columns
+                 if c != EPOCH_COLUMN and not c.endswith(TIMING_SUFFIX))
+
+  def column(self, name: str) -> np.ndarray:
+    """float64[epochs] of one column, in epoch order."""
+    return np.array([float(self.rows[e][name]) for e in sorted(self.rows)])
+
+  def columns_as_arrays(self) -> Dict[str, np.ndarray]:
+    """{column: float64[epochs]}, the form plots and statistics want."""
+    return {c: self.column(c) for c in self.columns}
+
+
+def _parse_epoch(text: str, where: str) -> int:
+  try:
+    epoch = int(text)
+  except ValueError:
+    epoch = 0
+  if epoch < 1:
+    raise UsageError(f'{where}: epoch {text!r} is not a positive integer')
+  return epoch
+
+
+def read_history(path: str) -> History:
+  """Reads and checks history.csv, keeping every cell as text.
+
+  Raises:
+    UsageError: the file is missing, empty, ends in a partial row, has a row
+      whose length differs from the header's, a bad or repeated epoch, or a
+      metric cell that is not a number; naming the file and line.
+  """
+  try:
+    with open(path, newline='') as f:
+      text = f.read()
+  except FileNotFoundError:
+    raise UsageError(f'{path}: missing (the run has not finished an epoch)') from None
+  except (OSError, UnicodeDecodeError) as e:
+    raise UsageError(f'{path}: unreadable ({e})') from None
+  if not text:
+    raise UsageError(f'{path}: empty')
+  if not text.endswith('\n'):
+    raise UsageError(f'{path}: ends in a partial row (still being written?)')
+  lines = list(csv.reader(io.StringIO(text)))
+  columns = tuple(lines[0])
+  if EPOCH_COLUMN not in columns or len(set(columns)) != len(columns) or '' in columns:
+    raise UsageError(f'{path}: bad header {",".join(columns)!r}')
+  history = History(columns, {})
+  for number, cells in enumerate(lines[1:], start=2):
+    where = f'{path}, line {number}'
+    if len(cells) != len(columns):
+      raise UsageError(f'{where}: {len(cells)} cells, the header has {len(columns)}')
+    row = dict(zip(columns, cells))
+    epoch = _parse_epoch(row[EPOCH_COLUMN], where)
+    if epoch in history.rows:
+      raise UsageError(f'{where}: epoch {epoch} repeated')
+    for name in history.metrics:
+      try:
+        float(row[name])
+      except ValueError:
+        raise UsageError(f'{where}: {name} {row[name]!r} is not a number') from None
+    history.rows[epoch] = row
+  return history
+
+
+def final_row(run_dir: str) -> Dict[str, str]:
+  """The last epoch's row of a run's history.csv."""
+  history = read_history(os.path.join(run_dir, HISTORY_FILE))
+  if not history.rows:
+    raise UsageError(f'{os.path.join(run_dir, HISTORY_FILE)}: no epoch recorded')
+  return history.rows[max(history.rows)]
+
+
+def read_curves(run_dirs: Sequence[str]) -> Dict[str, np.ndarray]:
+  """Every metric of several runs' history.csv: {metric: float64[runs, epochs]},
+  plus 'epoch': int[epochs] (the runs must have the same epochs)."""
+  histories = [read_history(os.path.join(d, HISTORY_FILE)) for d in run_dirs]
+  curves = {m: np.stack([h.column(m) for h in histories]) for m in METRIC_COLUMNS}
+  curves['epoch'] = np.array(sorted(histories[0].rows))
+  return curves
 
 
 def load_params(path: str) -> Dict[str, Any]:
-  """Reads what save_params wrote: the variables as nested dicts of numpy arrays."""
-  with open(path, 'rb') as f:
-    return serialization.msgpack_restore(f.read())
+  """Reads what save_params wrote: the variables as nested dicts of numpy arrays.
 
-
-def load_config(workdir: str) -> TrainConfig:
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.isfile(path):
-    raise UsageError(f'{workdir}: not a run directory (no {CONFIG_FILE})')
+  Raises:
+    UsageError: the file is missing, truncated or not flax msgpack (naming it).
+  """
+  from flax import serialization  # pylint: disable=g-import-not-at-top
   try:
-    return TrainConfig.from_dict(read_json(path))
+    with open(path, 'rb') as f:
+      data = f.read()
+  except OSError as e:
+    raise UsageError(f'{path}: unreadable ({e.strerror or e})') from None
+  try:
+    variables = serialization.msgpack_restore(data)
+  except Exception as e:  # msgpack raises its own types for truncated or garbled data
+    raise UsageError(f'{path}: damaged parameters file ({e})') from None
+  if not isinstance(variables, dict) or 'params' not in variables:
+    raise UsageError(f'{path}: damaged parameters file (no params)')
+  return variables
+
+
+def load_config(run_dir: str) -> TrainConfig:
+  path = os.path.join(run_dir, CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise UsageError(f'{run_dir}: not a run directory (no {CONFIG_FILE})')
+  try:
+    return TrainConfig.from_dict(read_json_object(path))
   except (ValueError, TypeError) as e:
     raise UsageError(f'{path}: unreadable config ({e})') from None
+

@@ -1,89 +1,80 @@
-"""Running seeds: from configs to complete, resumable workdirs.
+"""Training seeds into a workdir: what both entry points call.
 
-The pure training functions live in mlp_jax.train; this module does the I/O
-around them. `train_seeds` is the one driver: it trains any number of seeds in
-chunks, each chunk one compiled program per epoch (seeds mapped inside it, see
-`train.map_over_seeds`), writes each seed's records as its epochs finish,
-checkpoints, resumes, and stops cleanly on SIGTERM/SIGINT. A single run
-(`train_and_evaluate`, behind `python -m mlp_jax.main`) is the driver with one
-seed whose workdir is the run's; a sweep (experiments.sweep) gives it many.
+A single run (`train_and_evaluate`, behind `python -m mlp_jax.main`) is a sweep of
+one seed with another directory layout (`Layout`): both go through `train`, which
+locks the workdir, resolves the settings that depend on the machine (vmap width,
+chunk size), prepares each seed's run directory, hands the seeds to the driver
+(mlp_jax.driver), and writes what comes after training (a sweep's summaries,
+curves, timing).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime
 import os
-import signal
 import sys
 import time
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import jax
 import numpy as np
 
-from mlp_jax import environment, models, plots, records
-from mlp_jax.checkpoints import CHECKPOINT_DIR, ChunkCheckpoints
+from mlp_jax import environment, models, records
 from mlp_jax.config import BUNDLED_DATASET, TrainConfig
 from mlp_jax.data import Dataset, load_mnist
-from mlp_jax.errors import Interrupted, UsageError
-from mlp_jax.mesh import SeedMesh
+from mlp_jax.driver import (Context, DriverOptions, DriverTiming, EpochReport, Member, Reporter,
+                            check_chunk_fits, device_memory_bytes, seeds_that_fit,
+                            sync_processes, train_members, writing_in)
+from mlp_jax.errors import UsageError
 from mlp_jax.progress import Progress
-from mlp_jax.train import (RunState, epoch_metrics, make_trainer, map_over_seeds,
-                           seed_keys)
-from mlp_jax.workdir import (StopRequests, WorkdirError, describe_os_error, lock,
-                             refuse_other_settings, remove_entries)
+from mlp_jax.sink import render_curves
+from mlp_jax.workdir import WorkdirError, lock, refuse_other_settings, remove_entries
 
-# What a run writes in its workdir, removed by --overwrite (nothing else is touched).
-RUN_ENTRIES = (records.CONFIG_FILE, records.ENVIRONMENT_FILE, records.HISTORY_FILE,
-               records.PARAMS_FILE, records.TIMING_FILE, records.CURVES_FILE, CHECKPOINT_DIR)
+# Seeds per chunk on a CPU when --chunk_size is auto (about 1.4 MB of state each for
+# the seed config): large enough that chunking costs nothing measurable.
+CPU_CHUNK_SIZE = 256
 
 
 @dataclasses.dataclass(frozen=True)
 class RunOptions:
-  """How seeds are run. Only vmap_width > 1 changes a number in the history.
+  """How seeds are run; none of it changes a number (the vmap width is resolved
+  into each seed's TrainConfig, which does).
 
   Attributes:
-    checkpoint_every: save a checkpoint every this many epochs (and after the
-      last); 0 saves none, so an interrupted run starts over.
+    checkpoint_every: N: save every N epochs (and after the last); 0: none, so an
+      interrupted run starts over; None (auto): as often as costs at most ~2% of
+      the run (mlp_jax.checkpoints).
     keep_checkpoints: how many of the newest checkpoints each chunk keeps.
     overwrite: start over in a workdir that holds a run with other settings.
-    chunk_size: seeds held on the device and trained by one program at a time.
-    vmap_width: seeds vectorised together inside a chunk (1: one after another,
-      bit-identical to single runs; >1 changes the last bits, see train.map_over_seeds).
+    chunk_size: seeds held on the devices and trained by one program at a time;
+      None (auto): on a GPU/TPU the widest vmap group that fits, on a CPU 256.
+    vmap_width: seeds vectorised together (see TrainConfig.vmap_width); None
+      (auto): on a GPU/TPU every seed of a chunk at once (up to what fits in
+      memory), on a CPU 1.
+    tensorboard: write TensorBoard events (per seed; a sweep's mean too).
+    seed_curves: draw each seed's curves.png in a sweep (a single run always does).
   """
-  checkpoint_every: int = 1
+  checkpoint_every: Optional[int] = None
   keep_checkpoints: int = 3
   overwrite: bool = False
-  chunk_size: int = 256
-  vmap_width: int = 1
+  chunk_size: Optional[int] = None
+  vmap_width: Optional[int] = None
+  tensorboard: bool = True
+  seed_curves: bool = False
 
   def validate(self) -> 'RunOptions':
-    if self.checkpoint_every < 0:
-      raise UsageError(f'--checkpoint_every must be 0 (off) or more, got {self.checkpoint_every}')
+    if self.checkpoint_every is not None and self.checkpoint_every < 0:
+      raise UsageError(f'--checkpoint_every must be auto, 0 (off) or more, got '
+                       f'{self.checkpoint_every}')
     if self.keep_checkpoints < 1:
       raise UsageError(f'--keep_checkpoints must be at least 1, got {self.keep_checkpoints}')
-    if self.chunk_size < 1:
-      raise UsageError(f'--chunk_size must be at least 1, got {self.chunk_size}')
-    if self.vmap_width < 1:
-      raise UsageError(f'--vmap_width must be at least 1, got {self.vmap_width}')
+    if self.chunk_size is not None and self.chunk_size < 1:
+      raise UsageError(f'--chunk_size must be auto or at least 1, got {self.chunk_size}')
+    if self.vmap_width is not None and self.vmap_width < 1:
+      raise UsageError(f'--vmap_width must be auto or at least 1, got {self.vmap_width}')
     return self
-
-
-class DeviceData(NamedTuple):
-  """The dataset on the device, images flattened to uint8[N, 784]."""
-  train_images: jax.Array
-  train_labels: jax.Array
-  test_images: jax.Array
-  test_labels: jax.Array
-
-
-def to_device(dataset: Dataset, mesh: SeedMesh) -> DeviceData:
-  """The dataset replicated on every device of the mesh, images as uint8[N, 784]."""
-  flat = lambda images: images.reshape(images.shape[0], -1)
-  return DeviceData(*(mesh.replicate(a) for a in (
-      flat(dataset.train_images), dataset.train_labels,
-      flat(dataset.test_images), dataset.test_labels)))
 
 
 def load_data(config: TrainConfig) -> Dataset:
@@ -108,290 +99,275 @@ def default_workdir(name: str) -> str:
   return path
 
 
-def is_complete(workdir: str) -> bool:
-  """A run is complete once its trained parameters are written (the last record)."""
-  return os.path.exists(os.path.join(workdir, records.PARAMS_FILE))
+def parse_seeds(text: str) -> List[int]:
+  """'0-3,10,12-13' -> [0, 1, 2, 3, 10, 12, 13]; UsageError on anything else.
 
-
-def prepare_seed_dir(config: TrainConfig, workdir: str, env: Dict[str, Any], overwrite: bool,
-                     write: bool = True) -> None:
-  """Checks a seed's workdir against `config` and, if `write`, sets it up.
-
-  A workdir holding a run with other settings is refused (WorkdirError naming
-  them) unless `overwrite`, which deletes that run's records. A new one gets
-  config.json and environment.json. With several processes only process 0
-  writes; the others only check.
+  Ranges are inclusive; seeds must be non-negative, below 2**32, and listed once.
   """
-  config_path = os.path.join(workdir, records.CONFIG_FILE)
-  if os.path.exists(config_path) and not overwrite:
-    refuse_other_settings(workdir, records.read_json(config_path), config.to_dict())
+  seeds: List[int] = []
+  for part in text.split(','):
+    part = part.strip()
+    low, sep, high = part.partition('-')
+    try:
+      first, last = int(low), int(high if sep else low)
+    except ValueError:
+      raise UsageError(f'--seeds: {part!r} is not a seed or a range like 0-7 '
+                       f'(in {text!r})') from None
+    if first < 0 or last >= 2**32:
+      raise UsageError(f'--seeds: {part!r} is outside [0, 2**32)')
+    if last < first:
+      raise UsageError(f'--seeds: range {part!r} runs backwards')
+    seeds.extend(range(first, last + 1))
+  repeated = sorted(s for s, n in collections.Counter(seeds).items() if n > 1)
+  if repeated:
+    raise UsageError(f'--seeds lists seed(s) more than once: {repeated[:10]}')
+  return seeds
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """Where the records of a training go: one run directory, or a sweep of seeds."""
+  workdir: str
+  sweep: bool
+
+  def run_dir(self, seed: int) -> str:
+    return records.seed_dir(self.workdir, seed) if self.sweep else self.workdir
+
+  def checkpoint_dir(self, seeds: Sequence[int]) -> str:
+    if self.sweep:
+      return records.chunk_checkpoint_dir(self.workdir, seeds)
+    return os.path.join(self.workdir, records.CHECKPOINT_DIR)
+
+  @property
+  def settings_file(self) -> str:
+    return os.path.join(self.workdir, records.SWEEP_FILE if self.sweep else records.CONFIG_FILE)
+
+  def refuse_the_other_layout(self) -> None:
+    """A run's workdir is never used for a sweep, nor a sweep's for a run."""
+    if self.sweep and records.is_run(self.workdir):
+      raise WorkdirError(f'--workdir={self.workdir} holds a single run (config.json); a '
+                         'sweep needs its own workdir')
+    if not self.sweep and records.is_sweep(self.workdir):
+      raise WorkdirError(f'--workdir={self.workdir} holds a sweep (sweep.json); a single '
+                         'run needs its own workdir')
+
+
+def sweep_settings(config: TrainConfig, seeds: Sequence[int]) -> Dict[str, Any]:
+  """What sweep.json holds: everything that decides the sweep's numbers."""
+  shared = config.to_dict()
+  del shared['seed']
+  return {'seeds': list(seeds), 'config': shared}
+
+
+def stored_vmap_width(layout: Layout) -> Optional[int]:
+  """The vmap width a workdir's earlier training resolved, if it has one."""
+  if not os.path.exists(layout.settings_file):
+    return None
+  settings = records.read_json_object(layout.settings_file)
+  width = (settings.get('config', {}) if layout.sweep else settings).get('vmap_width')
+  return width if isinstance(width, int) and width >= 1 else None
+
+
+def resolve_vmap_width(config: TrainConfig, seeds: int, layout: Layout, options: RunOptions,
+                       dataset: Dataset) -> int:
+  """--vmap_width=auto made concrete (see RunOptions.vmap_width); a workdir keeps the
+  width it was started with, so a resumed seed keeps its numbers."""
+  if options.vmap_width is not None:
+    return options.vmap_width
+  stored = None if options.overwrite else stored_vmap_width(layout)
+  if stored is not None:
+    return stored
+  if jax.default_backend() == 'cpu':
+    return 1  # measured fastest on XLA:CPU, and single runs replay sweeps' seeds at no cost
+  per_device = -(-seeds // jax.device_count())
+  if options.chunk_size is not None:
+    per_device = min(per_device, -(-options.chunk_size // jax.device_count()))
+  limit = device_memory_bytes()
+  if limit is not None:
+    probe = Context.create(config.replace(vmap_width=min(8, per_device)), dataset)
+    per_seed, fixed = probe.programs.bytes_per_seed()
+    per_device = min(per_device, max(1, seeds_that_fit(per_seed, fixed, limit)))
+  return max(1, per_device)
+
+
+def resolve_chunk_size(config: TrainConfig, options: RunOptions, ctx: Context) -> int:
+  """--chunk_size=auto made concrete; an explicit size that cannot fit is refused."""
+  width = config.vmap_width
+  if options.chunk_size is None:
+    if jax.default_backend() == 'cpu':
+      return CPU_CHUNK_SIZE
+    return width * ctx.mesh.size  # the chunk vectorised whole
+  limit = device_memory_bytes()
+  if limit is not None:
+    unit = width * ctx.mesh.size
+    per_device = -(-options.chunk_size // unit) * unit // ctx.mesh.size
+    check_chunk_fits(per_device, *ctx.programs.bytes_per_seed(), limit)
+  return options.chunk_size
+
+
+def prepare_run_dirs(members: Sequence[Member], env: Dict[str, Any], overwrite: bool,
+                     write: bool) -> None:
+  """Checks each seed's run directory against its config and, if `write`, sets it up.
+
+  A directory holding a run with other settings is refused (naming them) unless
+  `overwrite`, which deletes that run's records. A new one gets config.json and
+  environment.json. With several processes only process 0 writes.
+  """
+  for member in members:
+    config_path = os.path.join(member.run_dir, records.CONFIG_FILE)
+    if os.path.exists(config_path) and not overwrite:
+      refuse_other_settings(member.run_dir, records.read_json_object(config_path),
+                            member.config.to_dict())
+    if not write:
+      continue
+    if overwrite:
+      remove_entries(member.run_dir, records.RUN_ENTRIES)
+    os.makedirs(member.run_dir, exist_ok=True)
+    if not os.path.exists(config_path):
+      records.write_bytes_atomic(config_path, member.config.to_json().encode())
+      records.write_json(os.path.join(member.run_dir, records.ENVIRONMENT_FILE), env)
+
+
+def prepare_sweep_dir(layout: Layout, settings: Dict[str, Any], seeds: Sequence[int],
+                      env: Dict[str, Any], overwrite: bool, write: bool) -> None:
+  """Checks sweep.json against `settings`; with `overwrite` deletes the previous
+  sweep's summaries and checkpoints and the seed directories of seeds it listed
+  that this one does not (the listed ones are started over per seed)."""
+  path = layout.settings_file
+  if os.path.exists(path) and not overwrite:
+    refuse_other_settings(layout.workdir, records.read_json_object(path), settings)
   if not write:
     return
   if overwrite:
-    remove_entries(workdir, RUN_ENTRIES)
-  os.makedirs(workdir, exist_ok=True)
-  if not os.path.exists(config_path):
-    records.write_bytes_atomic(config_path, config.to_json().encode())
-    records.write_json(os.path.join(workdir, records.ENVIRONMENT_FILE), env)
-
-
-class SeedRun:
-  """One seed's records while the driver trains it: its rows and final files."""
-
-  def __init__(self, config: TrainConfig, workdir: str):
-    self.config, self.workdir = config, workdir
-    self.rows: List[Dict[str, str]] = []
-
-  def _path(self, name: str) -> str:
-    return os.path.join(self.workdir, name)
-
-  @property
-  def epoch(self) -> int:
-    return len(self.rows)
-
-  def keep_rows(self, epochs: int) -> None:
-    """Keeps the first `epochs` rows of history.csv byte for byte (those a checkpoint
-    covers) and drops the rest, which will be recomputed to the same bits."""
-    path = self._path(records.HISTORY_FILE)
-    rows = records.read_history(path)[:epochs] if epochs and os.path.exists(path) else []
-    if len(rows) != epochs:
-      raise WorkdirError(f'{path} has {len(rows)} rows but its checkpoint is of epoch '
-                         f'{epochs}; use --overwrite to start over')
-    self.rows = rows
-    if rows:
-      records.write_history(path, rows)
-    else:
-      remove_entries(self.workdir, [records.HISTORY_FILE])
-
-  def record(self, row: Dict[str, str]) -> None:
-    self.rows.append(row)
-    records.append_history(self._path(records.HISTORY_FILE), row)
-
-  def finish(self, variables: Any) -> None:
-    """Writes the curves and then the trained variables: the run is complete."""
-    plots.plot_history(records.history_columns(self.rows), self._path(records.CURVES_FILE),
-                       f'{models.describe(self.config)}, seed {self.config.seed}')
-    records.save_params(self._path(records.PARAMS_FILE), variables)
+    previous = records.read_json_object(path).get('seeds', []) if os.path.exists(path) else []
+    dropped = sorted(set(previous) - set(seeds))
+    remove_entries(layout.workdir, [*records.SWEEP_ENTRIES, *(
+        os.path.basename(records.seed_dir(layout.workdir, s)) for s in dropped)])
+  if not os.path.exists(path):
+    records.write_json(path, settings)
+    records.write_json(os.path.join(layout.workdir, records.ENVIRONMENT_FILE), env)
 
 
 @dataclasses.dataclass
-class EpochReport:
-  """What the driver tells its reporter after each epoch of a chunk."""
-  seeds: List[SeedRun]                 # this process's seeds that trained this epoch
-  metrics: List[Dict[str, Any]]        # their metrics, as train.epoch_metrics returns
-  epoch_seconds: float
-  eval_seconds: float
+class Outcome:
+  """What `train` did: the members, their final test accuracy, and the timing."""
+  members: List[Member]
+  final_test_accuracy: np.ndarray   # float64[seeds]
+  timing: DriverTiming
+  trained: bool                     # False: everything was already complete
 
 
-Reporter = Callable[[EpochReport], str]
+def train(config: TrainConfig, seeds: Sequence[int], layout: Layout, options: RunOptions,
+          reporter: Reporter, started: float, dataset: Optional[Dataset] = None
+          ) -> Optional[Outcome]:
+  """Trains (or resumes) `seeds` of `config` into `layout`; None on processes but 0
+  (process 0 writes what follows training).
 
-
-class ChunkPrograms:
-  """The compiled programs for a chunk of C seeds (C a multiple of the device count):
-  `get(C)` -> (init, train_epoch, evaluate), compiled once per C."""
-
-  def __init__(self, trainer, data: DeviceData, mesh: SeedMesh, vmap_width: int):
-    self._trainer, self._data, self._mesh, self._width = trainer, data, mesh, vmap_width
-    self._cache: Dict[int, Any] = {}
-    self.compile_seconds = 0.0
-
-  def get(self, size: int):
-    if size not in self._cache:
-      start = time.perf_counter()
-      t, d, m, w = self._trainer, self._data, self._mesh, self._width
-      options = environment.compiler_options()
-      # Initial states are made on this process's default device for the whole chunk
-      # (cheap), then each process places the rows of its own devices.
-      init = jax.jit(map_over_seeds(t.init, 3, w), compiler_options=options)
-      keys = jax.ShapeDtypeStruct((size, 2), np.uint32)
-      states = jax.eval_shape(init, keys, keys, keys)
-      states = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=m.by_seed),
-                            states)
-      epoch = jax.jit(m.shard(map_over_seeds(t.train_epoch, 1, w), 1, 2),
-                      donate_argnums=0, compiler_options=options).lower(
-                          states, d.train_images, d.train_labels).compile()
-      evaluate = jax.jit(m.shard(map_over_seeds(t.evaluate, 1, w), 1, 2),
-                         compiler_options=options).lower(
-          states, d.test_images, d.test_labels).compile()
-      self._cache[size] = (init, epoch, evaluate)
-      self.compile_seconds += time.perf_counter() - start
-    return self._cache[size]
-
-  def initial_states(self, keys: Sequence[Sequence[jax.Array]]) -> RunState:
-    """The chunk's initial states from each seed's (init, order, noise) keys, split
-    over the mesh: a RunState whose leaves have a leading seed axis."""
-    init, _, _ = self.get(len(keys))
-    return self._mesh.put_seeds(jax.device_get(init(*(np.stack(k) for k in zip(*keys)))))
-
-
-@dataclasses.dataclass
-class DriverTiming:
-  """Where a process's time went, in seconds (timing.json)."""
-  compile_seconds: float = 0.0
-  startup_seconds: Optional[float] = None     # process start to the first epoch's call
-  first_epoch_done_seconds: Optional[float] = None  # process start to its end
-  train_seconds: float = 0.0                  # the epochs' compiled calls, summed
-  eval_seconds: float = 0.0
-  seed_epochs: int = 0                        # epochs trained in this process, over seeds
-  total_seconds: Optional[float] = None
-
-
-def sync_processes(name: str) -> None:
-  """Waits for every process (no-op with one)."""
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices(name)
-
-
-def _any_process(flag: bool) -> bool:
-  """True if `flag` is true on any process: all processes stop together."""
-  if jax.process_count() == 1:
-    return flag
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
-
-
-def train_seeds(configs: Sequence[TrainConfig], workdirs: Sequence[str],
-                checkpoint_dir: Callable[[Sequence[int]], str], dataset: Dataset,
-                env: Dict[str, Any], options: RunOptions, reporter: Reporter,
-                progress: Progress, started: float) -> DriverTiming:
-  """Trains every seed (configs differ only in the seed) to its last epoch.
-
-  Checks and sets up each seed's workdir (prepare_seed_dir), then trains the
-  incomplete seeds in chunks of `options.chunk_size`, split over every device
-  of every process (mlp_jax.mesh). Each epoch of a chunk is one compiled call,
-  after which every seed's row is written (flushed), the chunk's checkpoint
-  saved when due (in `checkpoint_dir(seeds of the chunk)`), and the reporter's
-  line printed. Each process writes the records of the seeds on its devices.
-  A chunk with a checkpoint resumes from it.
-
-  Raises:
-    Interrupted: SIGTERM or SIGINT arrived (to any process); the chunk was
-      checkpointed (unless checkpoints are off).
-    WorkdirError: a record could not be written (e.g. disk full); what was
-      written before is intact.
+  `dataset`: the data to train on (default: the config's, loaded and verified).
   """
+  options.validate()
+  dataset = load_data(config) if dataset is None else dataset
   timing = DriverTiming()
-  try:
-    for config, workdir in zip(configs, workdirs):
-      prepare_seed_dir(config, workdir, env, options.overwrite, write=jax.process_index() == 0)
-  except OSError as e:
-    raise WorkdirError(describe_os_error(workdir, e)) from None
-  sync_processes('mlp_jax: seed workdirs ready')
-  epochs = configs[0].epochs
-  todo = [i for i, w in enumerate(workdirs) if not is_complete(w)]
-  done_epochs = (len(configs) - len(todo)) * epochs
-  progress.set_done(done_epochs)
-  if not todo:
-    return timing
-  mesh = SeedMesh()
-  data = to_device(dataset, mesh)
-  trainer = make_trainer(configs[0], train_size=data.train_images.shape[0],
-                         num_classes=dataset.num_classes)
-  programs = ChunkPrograms(trainer, data, mesh, options.vmap_width)
-  with StopRequests() as stop:
-    for start in range(0, len(todo), options.chunk_size):
-      members = todo[start:start + options.chunk_size]
-      size = mesh.padded(len(members))
-      # Padding rows repeat the chunk's first seed; their results are dropped.
-      padded = members + [members[0]] * (size - len(members))
-      _, train_epoch, evaluate = programs.get(size)
-      timing.compile_seconds = programs.compile_seconds
-      runs = {row: SeedRun(configs[members[row]], workdirs[members[row]])
-              for row in mesh.local_rows(size) if row < len(members)}
-      states = programs.initial_states([seed_keys(configs[i]) for i in padded])
-      checkpoints = None
-      if options.checkpoint_every:
-        checkpoints = ChunkCheckpoints(checkpoint_dir([configs[i].seed for i in members]),
-                                       [configs[i].seed for i in padded],
-                                       options.keep_checkpoints)
-      try:
-        epoch = checkpoints.latest_epoch() or 0 if checkpoints else 0
-        try:
-          if epoch:
-            states = checkpoints.restore(epoch, states)
-          for run in runs.values():
-            run.keep_rows(epoch)
-        except OSError as e:
-          raise WorkdirError(describe_os_error(workdirs[members[0]], e)) from None
-        done_epochs += epoch * len(members)
-        progress.set_done(done_epochs)
-        if epoch:
-          progress.line(f'mlp_jax: resumed {len(members)} seed(s) from their checkpoint '
-                        f'after epoch {epoch}')
-        if epoch == epochs:  # the last checkpoint was written, the final records not all
-          _finish(runs, mesh.local_seeds(states))
-        while epoch < epochs:
-          tick = time.perf_counter()
-          if timing.startup_seconds is None:
-            timing.startup_seconds = tick - started
-          states, train_metrics = train_epoch(states, data.train_images, data.train_labels)
-          train_metrics = mesh.local_seeds(train_metrics)
-          epoch_seconds = time.perf_counter() - tick
-          tick = time.perf_counter()
-          test_metrics = mesh.local_seeds(evaluate(states, data.test_images, data.test_labels))
-          eval_seconds = time.perf_counter() - tick
-          epoch += 1
-          timing.train_seconds += epoch_seconds
-          timing.eval_seconds += eval_seconds
-          stopping = _any_process(stop.requested is not None)
-          report = EpochReport(list(runs.values()), [], epoch_seconds, eval_seconds)
-          try:
-            for row, run in runs.items():
-              metrics = epoch_metrics(train_metrics[row], test_metrics[row],
-                                      trainer.examples_per_epoch, data.test_labels.shape[0])
-              run.record(records.history_row(epoch, metrics, epoch_seconds, eval_seconds))
-              report.metrics.append(metrics)
-            if checkpoints and (stopping or epoch == epochs or
-                                epoch % options.checkpoint_every == 0):
-              checkpoints.save(epoch, states)
-            if epoch == epochs:
-              _finish(runs, mesh.local_seeds(states))
-          except OSError as e:
-            raise WorkdirError(describe_os_error(workdirs[members[0]], e)) from None
-          timing.seed_epochs += len(members)
-          done_epochs += len(members)
-          if timing.first_epoch_done_seconds is None:
-            timing.first_epoch_done_seconds = time.perf_counter() - started
-          if runs:
-            progress.advance(reporter(report), len(members))
-          if stopping:
-            raise Interrupted(_stop_message(stop.requested, epoch, options),
-                              stop.requested or signal.SIGTERM)
-      finally:
-        if checkpoints:
-          checkpoints.close()
-  timing.total_seconds = time.perf_counter() - started
-  return timing
+  with lock(layout.workdir, jax.process_index()), writing_in(layout.workdir):
+    layout.refuse_the_other_layout()
+    config = config.replace(vmap_width=resolve_vmap_width(
+        config, len(seeds), layout, options, dataset)).validate()
+    env = environment.describe(dataset)
+    members = [Member(config.replace(seed=s), layout.run_dir(s)) for s in seeds]
+    first = jax.process_index() == 0
+    if layout.sweep:
+      prepare_sweep_dir(layout, sweep_settings(config, seeds), seeds, env, options.overwrite,
+                        write=first)
+    prepare_run_dirs(members, env, options.overwrite, write=first)
+    sync_processes('mlp_jax: run directories ready')
+    progress = Progress(len(seeds) * config.epochs, unit='seed-epochs' if layout.sweep
+                        else 'epochs', bar=sys.stderr)
+    try:
+      if not all(records.is_complete(m.run_dir) for m in members):
+        ctx = Context.create(config, dataset)
+        driver_options = DriverOptions(resolve_chunk_size(config, options, ctx),
+                                       options.checkpoint_every, options.keep_checkpoints,
+                                       options.tensorboard)
+        print(f'mlp_jax: {len(seeds)} seed(s) x {config.epochs} epochs, vmap width '
+              f'{config.vmap_width}, chunks of {driver_options.chunk_size} over '
+              f'{jax.device_count()} device(s) in {jax.process_count()} process(es); '
+              f'records in {layout.workdir}', flush=True)
+        train_members(members, ctx, driver_options, layout.checkpoint_dir, reporter, progress,
+                      timing, started)
+    finally:
+      progress.close()
+    sync_processes('mlp_jax: all seeds trained')
+    if jax.process_index() != 0:
+      return None
+    return finish(config, members, layout, options, timing, started)
 
 
-def _finish(runs: Dict[int, SeedRun], local_states: Dict[int, RunState]) -> None:
-  for row, run in runs.items():
-    state = local_states[row]
-    run.finish({'params': state.params, **state.model_state})
+def finish(config: TrainConfig, members: List[Member], layout: Layout, options: RunOptions,
+           timing: DriverTiming, started: float) -> Outcome:
+  """What follows training: curves, a sweep's summaries, timing.json (written only
+  when something was trained, or missing)."""
+  tick = time.perf_counter()
+  run_dirs = [m.run_dir for m in members]
+  if not layout.sweep or options.seed_curves:
+    missing = [m for m in members if not os.path.exists(os.path.join(m.run_dir,
+                                                                       records.CURVES_FILE))]
+    render_curves([m.run_dir for m in missing],
+                  [f'{models.describe(m.config)}, seed {m.config.seed}' for m in missing])
+  curves = records.read_curves(run_dirs)
+  timing_path = os.path.join(layout.workdir, records.TIMING_FILE)
+  trained = bool(timing.seed_epochs) or not os.path.exists(timing_path)
+  if trained and layout.sweep:
+    write_summaries(layout.workdir, config, [m.config.seed for m in members], curves,
+                    options.tensorboard)
+  timing.summary_seconds = time.perf_counter() - tick
+  if trained:
+    timing.total_seconds = time.perf_counter() - started
+    records.write_json(timing_path, timing.as_dict())
+  return Outcome(members, curves['test_accuracy'][:, -1], timing, bool(timing.seed_epochs))
 
 
-def _stop_message(signum: Optional[signal.Signals], epoch: int, options: RunOptions) -> str:
-  cause = signum.name if signum else 'a signal to another process'
-  if options.checkpoint_every:
-    return (f'mlp_jax: stopped by {cause} after epoch {epoch}; a checkpoint is '
-            'saved: run the same command again to resume')
-  return (f'mlp_jax: stopped by {cause} after epoch {epoch}; checkpoints are '
-          'off (--checkpoint_every=0), so running the same command again starts over')
+def write_summaries(workdir: str, config: TrainConfig, seeds: Sequence[int],
+                    curves: Dict[str, np.ndarray], tensorboard: bool) -> None:
+  """summary.csv, final.csv, curves.png (and the mean's TensorBoard events) of a sweep."""
+  # Imported here: scipy and matplotlib take a second of a single run's start-up.
+  from mlp_jax import plots, stats  # pylint: disable=g-import-not-at-top
+  records.write_csv(os.path.join(workdir, records.SUMMARY_FILE), stats.summary_rows(curves))
+  records.write_csv(os.path.join(workdir, records.FINAL_FILE),
+                    stats.final_rows(list(seeds), curves['test_accuracy']))
+  plots.plot_band(curves, os.path.join(workdir, records.CURVES_FILE),
+                  f'{models.describe(config)}, {len(seeds)} seeds: mean final test accuracy '
+                  f'{curves["test_accuracy"][:, -1].mean():.4f}')
+  if tensorboard:
+    from mlp_jax.tensorboard import EpochWriter  # pylint: disable=g-import-not-at-top
+    writer = EpochWriter([os.path.join(workdir, records.TENSORBOARD_DIR)])
+    try:
+      for i, epoch in enumerate(curves['epoch']):
+        writer.write(int(epoch), {m: curves[m][:, i].mean(keepdims=True)
+                                  for m in records.METRIC_COLUMNS})
+    finally:
+      writer.close()
 
 
 def epoch_line(report: EpochReport) -> str:
-  """The console line of one seed's epoch."""
-  run, m = report.seeds[0], report.metrics[0]
-  epochs = run.config.epochs
-  return (f'epoch {run.epoch:>{len(str(epochs))}}/{epochs}  '
-          f'train loss {m["train_loss"]:.4f} acc {m["train_accuracy"]:.4f}  '
-          f'test loss {m["test_loss"]:.4f} acc {m["test_accuracy"]:.4f}  '
+  """The console line of a single run's epoch."""
+  m, epochs = report.metrics, report.configs[0].epochs
+  return (f'epoch {report.epoch:>{len(str(epochs))}}/{epochs}  '
+          f'train loss {m["train_loss"][0]:.4f} acc {m["train_accuracy"][0]:.4f}  '
+          f'test loss {m["test_loss"][0]:.4f} acc {m["test_accuracy"][0]:.4f}  '
           f'{report.epoch_seconds:.2f}s + eval {report.eval_seconds:.2f}s')
 
 
-def write_timing(path: str, timing: DriverTiming) -> None:
-  records.write_json(path, dataclasses.asdict(timing))
+def sweep_line(report: EpochReport) -> str:
+  """One console line per chunk epoch: how far, and how much the seeds disagree."""
+  accuracy, loss = report.metrics['test_accuracy'], report.metrics['train_loss']
+  epochs = report.configs[0].epochs
+  seeds = [c.seed for c in report.configs]
+  spread = (f' ± {accuracy.std(ddof=1):.4f} [{accuracy.min():.4f}, {accuracy.max():.4f}]'
+            if len(seeds) > 1 else '')
+  return (f'epoch {report.epoch:>{len(str(epochs))}}/{epochs}  '
+          f'{len(seeds)} seed(s) {seeds[0]}..{seeds[-1]}  '
+          f'test acc mean {accuracy.mean():.4f}{spread}  train loss mean {loss.mean():.4f}  '
+          f'{report.epoch_seconds:.2f}s + eval {report.eval_seconds:.2f}s')
 
 
 def train_and_evaluate(config: TrainConfig, workdir: Optional[str] = None,
@@ -403,35 +379,22 @@ def train_and_evaluate(config: TrainConfig, workdir: Optional[str] = None,
   run is complete.
 
   Args:
-    config: the run's settings.
+    config: the run's settings (its vmap_width is replaced by options.vmap_width
+      when given; auto keeps the workdir's or uses 1 for a single seed).
     workdir: where to write; default a new folder under runs/.
-    options: checkpointing and overwrite behaviour.
+    options: checkpointing, overwrite and output behaviour.
     started: time.perf_counter() at process start, for timing.json.
 
   Returns:
     The final epoch's metrics and the workdir.
   """
   started = time.perf_counter() if started is None else started
-  options.validate()
-  dataset = load_data(config)
   workdir = workdir or default_workdir(f'seed{config.seed}')
-  with lock(workdir, jax.process_index()):
-    print(f'mlp_jax: run in {workdir}', flush=True)
-    progress = Progress(config.epochs, bar=sys.stderr)
-    try:
-      timing = train_seeds([config], [workdir],
-                           lambda seeds: os.path.join(workdir, CHECKPOINT_DIR), dataset,
-                           environment.describe(dataset), options, epoch_line, progress,
-                           started)
-    finally:
-      progress.close()
-    if timing.seed_epochs:
-      try:
-        write_timing(os.path.join(workdir, records.TIMING_FILE), timing)
-      except OSError as e:
-        raise WorkdirError(describe_os_error(workdir, e)) from None
-  final = records.read_history(os.path.join(workdir, records.HISTORY_FILE))[-1]
-  if timing.seed_epochs:
+  outcome = train(config, [config.seed], Layout(workdir, sweep=False), options, epoch_line,
+                  started)
+  final = records.final_row(workdir)
+  if outcome is not None and outcome.trained:
+    timing = outcome.timing
     print(f'mlp_jax: final test accuracy {float(final["test_accuracy"]):.4f} after '
           f'{config.epochs} epochs; start-up {timing.startup_seconds:.1f}s, total '
           f'{timing.total_seconds:.1f}s; records in {workdir}', flush=True)
@@ -440,3 +403,26 @@ def train_and_evaluate(config: TrainConfig, workdir: Optional[str] = None,
           f'(final test accuracy {float(final["test_accuracy"]):.4f}); nothing to do',
           flush=True)
   return {**{k: float(v) for k, v in final.items()}, 'workdir': workdir}
+
+
+def train_sweep(config: TrainConfig, seeds: Sequence[int], workdir: Optional[str] = None,
+                options: RunOptions = RunOptions(),
+                started: Optional[float] = None) -> Optional['stats.Summary']:
+  """Trains (or resumes) every seed of a sweep into `workdir` and writes its
+  summaries; returns the final test accuracy's summary (None on processes but 0)."""
+  started = time.perf_counter() if started is None else started
+  workdir = workdir or default_workdir(f'sweep{seeds[0]}')
+  outcome = train(config, seeds, Layout(workdir, sweep=True), options, sweep_line, started)
+  if outcome is None:
+    return None
+  from mlp_jax import stats  # pylint: disable=g-import-not-at-top
+  final = stats.summarize(outcome.final_test_accuracy)
+  if not outcome.trained:
+    print(f'sweep: {workdir} holds a complete sweep; nothing to do', flush=True)
+  spread = (f' ± {final.std:.4f} (std), 95% CI [{final.ci95_low:.4f}, {final.ci95_high:.4f}]'
+            if final.n > 1 else '')
+  timing = outcome.timing
+  print(f'sweep: final test accuracy over {final.n} seed(s): mean {final.mean:.4f}{spread}; '
+        f'{timing.seed_epochs} seed-epochs trained in {timing.train_seconds:.1f}s; '
+        f'records in {workdir}', flush=True)
+  return final

@@ -20,6 +20,7 @@ reshuffled every epoch, so every example is still seen.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Dict, NamedTuple, Tuple
 
 import jax
@@ -254,9 +255,22 @@ def make_trainer(config: TrainConfig, train_size: int, num_classes: int = 10) ->
     losses, corrects = jax.lax.map(chunk_sums, (images, labels, valid))
     return {'test_loss': losses.sum() / n, 'test_correct': corrects.sum()}
 
-  return Trainer(init=init, train_epoch=train_epoch, evaluate=evaluate,
+  return Trainer(init=init, train_epoch=with_matmul_precision(config, train_epoch),
+                 evaluate=with_matmul_precision(config, evaluate),
                  steps_per_epoch=steps_per_epoch,
                  examples_per_epoch=steps_per_epoch * batch_size)
+
+
+def with_matmul_precision(config: TrainConfig, fn: Callable[..., Any]) -> Callable[..., Any]:
+  """`fn`, traced under the config's matmul precision (which jit then compiles in)."""
+  if config.matmul_precision == 'default':
+    return fn
+
+  @functools.wraps(fn)
+  def traced_with_precision(*args):
+    with jax.default_matmul_precision(config.matmul_precision):
+      return fn(*args)
+  return traced_with_precision
 
 
 def map_over_seeds(fn: Callable[..., Any], per_seed_args: int, vmap_width: int = 1
@@ -269,8 +283,9 @@ def map_over_seeds(fn: Callable[..., Any], per_seed_args: int, vmap_width: int =
   own and gets the same bits whatever other seeds share its program.
   `vmap_width > 1` vectorises groups of that many seeds with `jax.vmap`
   (`lax.map(..., batch_size=vmap_width)`): faster on accelerators, but XLA picks
-  reduction orders by shape, so results then differ from single runs in the
-  last bits (measured on XLA:CPU; see the README).
+  reduction orders by shape, so results depend on the width. The seed axis must
+  be a multiple of the width (the driver pads it), so that every group has the
+  full width and a seed's bits do not depend on how many seeds the sweep had.
   """
   def mapped(*args):
     seeded, shared = args[:per_seed_args], args[per_seed_args:]

@@ -21,6 +21,13 @@ def cache_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp('xla_cache'))
 
 
+@pytest.fixture(scope='session', autouse=True)
+def in_process_compilation_cache(cache_dir):
+  """In-process tests compile the same programs many times: cache them as a user's runs do."""
+  from mlp_jax import environment  # pylint: disable=g-import-not-at-top
+  environment.enable_compilation_cache(cache_dir)
+
+
 @pytest.fixture
 def run_module(cache_dir):
   """run_module('mlp_jax.main', '--epochs=1', ...) -> CompletedProcess (text, never raises)."""

@@ -64,8 +64,8 @@ def test_load_trained_predicts_what_the_run_measured(two_epoch_runs, mnist):
   predict = mlp_jax.load_trained(workdir)
   labels = predict(mnist.test_images)
   assert labels.shape == (10000,) and labels.dtype == np.int32
-  rows = records.read_history(os.path.join(workdir, 'history.csv'))
-  assert np.mean(labels == mnist.test_labels) == float(rows[-1]['test_accuracy'])
+  final = records.final_row(workdir)
+  assert np.mean(labels == mnist.test_labels) == float(final['test_accuracy'])
   with pytest.raises(ValueError, match='uint8 images of shape'):
     predict(mnist.test_images.astype(np.float32))
 
@@ -159,8 +159,8 @@ def test_short_cnn_run_learns_and_loads(tmp_path, run_module, mnist):
   result = run_module('mlp_jax.main', '--model=cnn', '--batch_norm', '--dropout=0.25',
                       '--epochs=1', '--checkpoint_every=0', f'--workdir={workdir}')
   assert result.returncode == 0, result.stderr
-  rows = records.read_history(os.path.join(workdir, 'history.csv'))
-  assert float(rows[0]['test_accuracy']) >= 0.97
+  final = records.final_row(str(workdir))
+  assert float(final['test_accuracy']) >= 0.97
   predict = mlp_jax.load_trained(str(workdir))
   labels = predict(mnist.test_images)
-  assert np.mean(labels == mnist.test_labels) == float(rows[0]['test_accuracy'])
+  assert np.mean(labels == mnist.test_labels) == float(final['test_accuracy'])

@@ -66,7 +66,7 @@ def _resumed_epoch(stdout):
 
 def test_sigkill_then_resume_equals_uninterrupted_run(reference, tmp_path, cache_dir):
   workdir = tmp_path / 'run'
-  args = [f'--epochs={EPOCHS}', '--seed=3', f'--workdir={workdir}']
+  args = [f'--epochs={EPOCHS}', '--seed=3', '--checkpoint_every=1', f'--workdir={workdir}']
   process, rows_at_kill, out = _kill_and_resume('mlp_jax.main', args, workdir / 'history.csv',
                                                 cache_dir, 2, signal.SIGKILL)
   assert process.returncode == -signal.SIGKILL
@@ -84,7 +84,8 @@ def test_sigkill_then_resume_equals_uninterrupted_run(reference, tmp_path, cache
 
 def test_sigkill_then_resume_a_sweep(reference, tmp_path, cache_dir):
   workdir = tmp_path / 'sweep'
-  args = [f'--epochs={EPOCHS}', '--seeds=0-2', '--chunk_size=2', f'--workdir={workdir}']
+  args = [f'--epochs={EPOCHS}', '--seeds=0-2', '--chunk_size=2', '--checkpoint_every=1',
+          f'--workdir={workdir}']
   process, _, out = _kill_and_resume('experiments.sweep', args, workdir / 'seed_1' / 'history.csv',
                                      cache_dir, 3, signal.SIGKILL)
   assert process.returncode == -signal.SIGKILL and 'resumed' in out
@@ -136,7 +137,8 @@ def test_concurrent_use_is_refused(tmp_path, cache_dir):
 def test_overwrite_starts_over(reference, tmp_path, run_module):
   workdir = tmp_path / 'run'
   assert run_module('mlp_jax.main', '--epochs=1', f'--workdir={workdir}').returncode == 0
-  result = run_module('mlp_jax.main', '--epochs=2', '--overwrite', f'--workdir={workdir}')
+  result = run_module('mlp_jax.main', '--epochs=2', '--overwrite', '--checkpoint_every=1',
+                      f'--workdir={workdir}')
   assert result.returncode == 0, result.stderr
   assert len(read(workdir / 'history.csv').splitlines()) == 3
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['1', '2']
@@ -168,11 +170,11 @@ def test_full_disk_leaves_the_last_checkpoint_intact(tmp_path, monkeypatch):
   config = TrainConfig(epochs=3, batch_size=512)
   workdir = str(tmp_path / 'run')
   with pytest.raises(WorkdirError, match='disk full'):
-    train_and_evaluate(config, workdir, RunOptions())
+    train_and_evaluate(config, workdir, RunOptions(checkpoint_every=1))
   assert records.load_config(workdir) == config
-  assert len(records.read_history(os.path.join(workdir, 'history.csv'))) == 2
+  assert len(records.read_history(os.path.join(workdir, 'history.csv')).rows) == 2
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['1']
   monkeypatch.setattr(checkpoints.ChunkCheckpoints, 'save', real_save)
-  result = train_and_evaluate(config, workdir, RunOptions())
-  assert len(records.read_history(os.path.join(workdir, 'history.csv'))) == 3
+  result = train_and_evaluate(config, workdir, RunOptions(checkpoint_every=1))
+  assert len(records.read_history(os.path.join(workdir, 'history.csv')).rows) == 3
   assert result['test_accuracy'] > 0.9

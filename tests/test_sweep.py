@@ -112,7 +112,8 @@ def test_vmap_width_runs_and_records_its_setting(tmp_path, run_module):
   result = run_module('experiments.sweep', '--seeds=0-3', '--epochs=1', '--vmap_width=2',
                       f'--workdir={workdir}')
   assert result.returncode == 0, result.stderr
-  assert json.loads(read(workdir / 'sweep.json'))['vmap_width'] == 2
+  assert json.loads(read(workdir / 'sweep.json'))['config']['vmap_width'] == 2
+  assert json.loads(read(workdir / 'seed_3' / 'config.json'))['vmap_width'] == 2
   accuracy = float(list(csv.DictReader(open(workdir / 'seed_3' / 'history.csv')))[0]['test_accuracy'])
   assert accuracy > 0.9
 

@@ -1,0 +1,410 @@
+"""The driver: trains any number of seeds, writing complete, resumable run directories.
+
+    prepare_run_dirs -> plan_chunks -> train_chunk (one flat epoch loop) per chunk
+
+A chunk of seeds is one array per state leaf with a leading seed axis, split over
+every device of every process (mlp_jax.mesh); each epoch of a chunk is one
+compiled call of `train.map_over_seeds(train_epoch)`, its metrics leave the
+device in one transfer, and the records sink (mlp_jax.sink) writes them off the
+training path. Checkpoints (mlp_jax.checkpoints) are saved asynchronously when
+their policy says so, and always on SIGTERM/SIGINT before stopping.
+
+A seed's numbers depend on its config (vmap width and matmul precision
+included), never on the chunk: chunks are padded to whole groups of the vmap
+width on every device, padding rows repeat the chunk's first seed and are
+dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import signal
+import time
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+
+import jax
+import numpy as np
+
+from mlp_jax import environment, records
+from mlp_jax.checkpoints import ChunkCheckpoints, NoCheckpoints, SavePolicy
+from mlp_jax.config import TrainConfig
+from mlp_jax.data import Dataset
+from mlp_jax.errors import Interrupted, UsageError
+from mlp_jax.mesh import SeedMesh
+from mlp_jax.progress import Progress
+from mlp_jax.sink import RecordSink, accuracies, log_epoch, new_log
+from mlp_jax.train import RunState, make_trainer, map_over_seeds, seed_keys
+from mlp_jax.workdir import StopRequests, WorkdirError, describe_os_error
+
+# Share of a device's memory a chunk may plan to use (XLA needs some for itself).
+MEMORY_SHARE = 0.8
+# Seeds per device of the program whose memory is measured to size chunks.
+PROBE_SEEDS = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+  """One seed to train: its settings and its run directory."""
+  config: TrainConfig
+  run_dir: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+  """Seeds trained together: `members` on the first rows of `size` (padded) rows."""
+  members: Tuple[Member, ...]
+  size: int
+  checkpoint_dir: str
+
+  @property
+  def row_configs(self) -> List[TrainConfig]:
+    """Each row's config; padding rows repeat the first seed (their results are dropped)."""
+    configs = [m.config for m in self.members]
+    return configs + [configs[0]] * (self.size - len(configs))
+
+
+@dataclasses.dataclass
+class DriverTiming:
+  """Where a process's time went, in seconds (timing.json).
+
+  train/eval are the compiled calls; host work is everything else after
+  start-up: records (the sink's time on the training path and its final
+  writes), checkpoints (the time saves held up training) and the entry point's
+  summaries.
+  """
+  compile_seconds: float = 0.0
+  startup_seconds: Optional[float] = None     # process start to the first epoch's call
+  first_epoch_done_seconds: Optional[float] = None  # process start to its end
+  train_seconds: float = 0.0                  # the epochs' compiled calls, summed
+  eval_seconds: float = 0.0
+  seed_epochs: int = 0                        # epochs trained in this process, over seeds
+  records_seconds: float = 0.0
+  checkpoint_seconds: float = 0.0
+  summary_seconds: float = 0.0
+  total_seconds: Optional[float] = None
+
+  @property
+  def host_seconds(self) -> float:
+    return self.records_seconds + self.checkpoint_seconds + self.summary_seconds
+
+  def as_dict(self) -> Dict[str, Any]:
+    return {**dataclasses.asdict(self), 'host_seconds': self.host_seconds}
+
+
+@dataclasses.dataclass
+class EpochReport:
+  """What the driver tells its reporter after each epoch of a chunk."""
+  configs: List[TrainConfig]           # this process's seeds that trained this epoch
+  epoch: int
+  metrics: Dict[str, np.ndarray]       # sink.accuracies of those seeds
+  epoch_seconds: float
+  eval_seconds: float
+
+
+Reporter = Callable[[EpochReport], str]
+
+
+@contextlib.contextmanager
+def writing_in(workdir: str) -> Iterator[None]:
+  """Turns an OSError (disk full, permissions) into one WorkdirError naming `workdir`."""
+  try:
+    yield
+  except OSError as e:
+    raise WorkdirError(describe_os_error(workdir, e)) from None
+
+
+@contextlib.contextmanager
+def chunk_fits(chunk_flag: str = '--chunk_size') -> Iterator[None]:
+  """Turns XLA running out of device memory into one line naming --chunk_size."""
+  try:
+    yield
+  except jax.errors.JaxRuntimeError as e:
+    if 'RESOURCE_EXHAUSTED' not in str(e):
+      raise
+    raise UsageError(f'{chunk_flag}: the chunk does not fit in device memory '
+                     f'({str(e).splitlines()[0][:160]}); use a smaller {chunk_flag}') from None
+
+
+class DeviceData(NamedTuple):
+  """The dataset on the device, images flattened to uint8[N, 784]."""
+  train_images: jax.Array
+  train_labels: jax.Array
+  test_images: jax.Array
+  test_labels: jax.Array
+
+  @property
+  def nbytes(self) -> int:
+    return sum(a.nbytes for a in self)
+
+
+def to_device(dataset: Dataset, mesh: SeedMesh) -> DeviceData:
+  """The dataset replicated on every device of the mesh, images as uint8[N, 784]."""
+  flat = lambda images: images.reshape(images.shape[0], -1)
+  return DeviceData(*(mesh.replicate(a) for a in (
+      flat(dataset.train_images), dataset.train_labels,
+      flat(dataset.test_images), dataset.test_labels)))
+
+
+class ChunkPrograms:
+  """The compiled programs for chunks of one config: `get(C)` -> (init, train_epoch,
+  evaluate) for C rows (a multiple of vmap width x device count), compiled once per C."""
+
+  def __init__(self, trainer, data: DeviceData, mesh: SeedMesh, vmap_width: int):
+    self._trainer, self._data, self._mesh, self._width = trainer, data, mesh, vmap_width
+    self._cache: Dict[int, Any] = {}
+    self.compile_seconds = 0.0
+
+  def _compile(self, size: int):
+    t, d, m, w = self._trainer, self._data, self._mesh, self._width
+    options = environment.compiler_options()
+    # Initial states are made on this process's default device for the whole chunk
+    # (cheap), then each process places the rows of its own devices.
+    init = jax.jit(map_over_seeds(t.init, 3, w), compiler_options=options)
+    keys = jax.ShapeDtypeStruct((size, 2), np.uint32)
+    states = jax.eval_shape(init, keys, keys, keys)
+    states = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=m.by_seed),
+                          states)
+    epoch = jax.jit(m.shard(map_over_seeds(t.train_epoch, 1, w), 1, 2),
+                    donate_argnums=0, compiler_options=options).lower(
+                        states, d.train_images, d.train_labels).compile()
+    evaluate = jax.jit(m.shard(map_over_seeds(t.evaluate, 1, w), 1, 2),
+                       compiler_options=options).lower(
+                           states, d.test_images, d.test_labels).compile()
+    return init, epoch, evaluate
+
+  def get(self, size: int):
+    if size not in self._cache:
+      start = time.perf_counter()
+      with chunk_fits():
+        self._cache[size] = self._compile(size)
+      self.compile_seconds += time.perf_counter() - start
+    return self._cache[size]
+
+  def bytes_per_seed(self) -> Tuple[float, float]:
+    """(device bytes each seed of a chunk needs, bytes independent of the seeds),
+    from the memory XLA plans for an epoch of PROBE_SEEDS seeds per device."""
+    probe = PROBE_SEEDS * self._width
+    _, epoch, evaluate = self._compile(probe * self._mesh.size)
+    sizes = [program.memory_analysis() for program in (epoch, evaluate)]
+    total = max(s.argument_size_in_bytes + s.output_size_in_bytes + s.temp_size_in_bytes
+                - s.alias_size_in_bytes for s in sizes)
+    fixed = self._data.nbytes
+    return max(0.0, total - fixed) / probe, fixed
+
+  def initial_states(self, configs: Sequence[TrainConfig]) -> RunState:
+    """The chunk's initial states, one row per config, split over the mesh: a
+    RunState whose leaves have a leading seed axis."""
+    init, _, _ = self.get(len(configs))
+    keys = [np.stack(k) for k in zip(*(seed_keys(c) for c in configs))]
+    return self._mesh.put_seeds(jax.device_get(init(*keys)))
+
+
+def device_memory_bytes() -> Optional[int]:
+  """What JAX may allocate on this process's first device (None on a CPU)."""
+  stats = jax.local_devices()[0].memory_stats()
+  return int(stats['bytes_limit']) if stats and 'bytes_limit' in stats else None
+
+
+def seeds_that_fit(bytes_per_seed: float, fixed_bytes: float, limit: int) -> int:
+  """How many seeds one device holds within MEMORY_SHARE of `limit` bytes."""
+  return max(0, math.floor((MEMORY_SHARE * limit - fixed_bytes) / max(bytes_per_seed, 1.0)))
+
+
+def check_chunk_fits(seeds_per_device: int, bytes_per_seed: float, fixed_bytes: float,
+                     limit: Optional[int]) -> None:
+  """UsageError naming --chunk_size if a chunk of that many seeds per device would not fit."""
+  if limit is None:
+    return
+  fit = seeds_that_fit(bytes_per_seed, fixed_bytes, limit)
+  if seeds_per_device > fit:
+    raise UsageError(
+        f'--chunk_size: {seeds_per_device} seeds per device need about '
+        f'{(seeds_per_device * bytes_per_seed + fixed_bytes) / 2**30:.1f} GiB, more than '
+        f'{MEMORY_SHARE:.0%} of the device\'s {limit / 2**30:.1f} GiB; at most {fit} fit: '
+        'use a smaller --chunk_size')
+
+
+def plan_chunks(members: Sequence[Member], chunk_size: int, unit: int,
+                checkpoint_dir: Callable[[Sequence[int]], str]) -> List[Chunk]:
+  """Splits `members` into chunks of at most `chunk_size` seeds (rounded up to a
+  multiple of `unit` = vmap width x device count), each padded to a multiple of
+  `unit`, so that every vmap group on every device is full."""
+  capacity = -(-chunk_size // unit) * unit
+  chunks = []
+  for start in range(0, len(members), capacity):
+    part = tuple(members[start:start + capacity])
+    chunks.append(Chunk(part, -(-len(part) // unit) * unit,
+                        checkpoint_dir([m.config.seed for m in part])))
+  return chunks
+
+
+@dataclasses.dataclass
+class Context:
+  """What every chunk of a process shares: devices, data, compiled programs."""
+  mesh: SeedMesh
+  data: DeviceData
+  programs: ChunkPrograms
+  examples: Tuple[int, int]  # (train examples per epoch, test examples)
+
+  @classmethod
+  def create(cls, config: TrainConfig, dataset: Dataset) -> 'Context':
+    mesh = SeedMesh()
+    data = to_device(dataset, mesh)
+    trainer = make_trainer(config, train_size=data.train_images.shape[0],
+                           num_classes=dataset.num_classes)
+    return cls(mesh, data, ChunkPrograms(trainer, data, mesh, config.vmap_width),
+               (trainer.examples_per_epoch, data.test_labels.shape[0]))
+
+  def run_epoch(self, size: int, states: RunState
+                ) -> Tuple[RunState, Dict[str, np.ndarray], float, float]:
+    """One epoch of a chunk: (states, this process's rows' metrics, train s, eval s).
+
+    Metrics (LOG_COLUMNS but the timing ones) leave the device in one transfer.
+    """
+    _, train_epoch, evaluate = self.programs.get(size)
+    tick = time.perf_counter()
+    states, train_metrics = train_epoch(states, self.data.train_images, self.data.train_labels)
+    jax.block_until_ready(train_metrics)
+    train_seconds = time.perf_counter() - tick
+    tick = time.perf_counter()
+    test_metrics = evaluate(states, self.data.test_images, self.data.test_labels)
+    metrics = self.mesh.local_rows_of({**train_metrics, **test_metrics})
+    return states, metrics, train_seconds, time.perf_counter() - tick
+
+
+def agree(stop: bool, save: bool) -> Tuple[bool, bool]:
+  """(stop, save), each true if true on any process: processes stop and save together."""
+  if jax.process_count() == 1:
+    return stop, save
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  flags = multihost_utils.process_allgather(np.array([stop, save], np.int32))
+  return bool(np.any(flags[..., 0])), bool(np.any(flags[..., 1]))
+
+
+def sync_processes(name: str) -> None:
+  """Waits for every process (no-op with one)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
+
+
+@dataclasses.dataclass(frozen=True)
+class DriverOptions:
+  """How the driver runs chunks (none of it changes a number).
+
+  Attributes:
+    chunk_size: seeds held on the devices and trained by one program at a time.
+    checkpoint_every: N: save every N epochs and after the last; None: by cost
+      (mlp_jax.checkpoints.SavePolicy); 0: no checkpoints.
+    keep_checkpoints: how many of the newest checkpoints each chunk keeps.
+    tensorboard: write each seed's TensorBoard events.
+  """
+  chunk_size: int
+  checkpoint_every: Optional[int]
+  keep_checkpoints: int
+  tensorboard: bool
+
+
+def train_members(members: Sequence[Member], ctx: Context, options: DriverOptions,
+                  checkpoint_dir: Callable[[Sequence[int]], str], reporter: Reporter,
+                  progress: Progress, timing: DriverTiming, started: float) -> None:
+  """Trains every incomplete member to its last epoch, chunk by chunk.
+
+  Raises:
+    Interrupted: SIGTERM or SIGINT arrived (to any process); the chunk was
+      checkpointed (unless checkpoints are off).
+    OSError: a record could not be written; what was written before is intact.
+  """
+  epochs = members[0].config.epochs
+  todo = [m for m in members if not records.is_complete(m.run_dir)]
+  done = (len(members) - len(todo)) * epochs
+  progress.set_done(done)
+  unit = members[0].config.vmap_width * ctx.mesh.size
+  with StopRequests() as stop:
+    for chunk in plan_chunks(todo, options.chunk_size, unit, checkpoint_dir):
+      train_chunk(chunk, ctx, options, stop, reporter, progress, timing, started)
+
+
+def train_chunk(chunk: Chunk, ctx: Context, options: DriverOptions, stop: StopRequests,
+                reporter: Reporter, progress: Progress, timing: DriverTiming,
+                started: float) -> None:
+  """Trains one chunk from its latest checkpoint (or the start) to the last epoch,
+  then writes the final records of this process's seeds."""
+  configs = chunk.row_configs
+  epochs = configs[0].epochs
+  local = ctx.mesh.local_rows(chunk.size)      # rows on this process's devices
+  mine = [i for i, r in enumerate(local) if r < len(chunk.members)]  # ... holding a seed
+  members = [chunk.members[local[i]] for i in mine]
+  states = ctx.programs.initial_states(configs)
+  timing.compile_seconds = ctx.programs.compile_seconds
+  log = new_log(chunk.size, epochs)
+  checkpoints = open_checkpoints(chunk, options, states)
+  sink = RecordSink([m.run_dir for m in members], *ctx.examples,
+                    tensorboard=options.tensorboard)
+  try:
+    epoch = checkpoints.latest_epoch() or 0
+    if epoch:
+      restored = checkpoints.restore(epoch, {'state': states, 'log': ctx.mesh.put_seeds(log)})
+      states = restored['state']
+      log[local] = ctx.mesh.local_rows_of(restored['log'])
+      progress.line(f'mlp_jax: resumed {len(chunk.members)} seed(s) from their checkpoint '
+                    f'after epoch {epoch}')
+    sink.begin(log, [local[i] for i in mine], epoch)
+    progress.add_done(epoch * len(chunk.members))
+    while epoch < epochs:
+      if timing.startup_seconds is None:
+        timing.startup_seconds = time.perf_counter() - started
+      states, metrics, train_seconds, eval_seconds = ctx.run_epoch(chunk.size, states)
+      epoch += 1
+      timing.train_seconds += train_seconds
+      timing.eval_seconds += eval_seconds
+      timing.seed_epochs += len(chunk.members)
+      metrics.update(epoch_seconds=np.full(len(local), train_seconds, np.float32),
+                     eval_seconds=np.full(len(local), eval_seconds, np.float32))
+      log_epoch(log, local, epoch, metrics)
+      metrics = {name: values[mine] for name, values in metrics.items()}
+      sink.write(epoch, metrics)
+      stopping, save = agree(stop.requested is not None, checkpoints.wants(epoch, epochs))
+      if save or stopping:
+        checkpoints.save(epoch, {'state': states, 'log': ctx.mesh.put_seeds(log)})
+      if timing.first_epoch_done_seconds is None:
+        timing.first_epoch_done_seconds = time.perf_counter() - started
+      if members:
+        progress.advance(reporter(EpochReport(
+            [m.config for m in members], epoch, accuracies(metrics, *ctx.examples),
+            train_seconds, eval_seconds)), len(chunk.members))
+      if stopping:
+        raise Interrupted(stop_message(stop.requested, epoch, options.checkpoint_every != 0),
+                          stop.requested or signal.SIGTERM)
+    variables = ctx.mesh.local_seeds(states)
+    sink.finish([{'params': variables[local[i]].params, **variables[local[i]].model_state}
+                 for i in mine])
+  finally:
+    try:
+      checkpoints.close()
+      sink.close()
+    finally:
+      timing.checkpoint_seconds += checkpoints.blocking_seconds
+      timing.records_seconds += sink.seconds
+
+
+def open_checkpoints(chunk: Chunk, options: DriverOptions, states: RunState):
+  """The chunk's checkpoints (a no-op stand-in when they are off)."""
+  if options.checkpoint_every == 0:
+    return NoCheckpoints()
+  nbytes = sum(leaf.nbytes for leaf in jax.tree.leaves(states))
+  return ChunkCheckpoints(chunk.checkpoint_dir, [c.seed for c in chunk.row_configs],
+                          options.keep_checkpoints, SavePolicy(options.checkpoint_every),
+                          nbytes)
+
+
+def stop_message(signum: Optional[signal.Signals], epoch: int, checkpointed: bool) -> str:
+  cause = signum.name if signum else 'a signal to another process'
+  if checkpointed:
+    return (f'mlp_jax: stopped by {cause} after epoch {epoch}; a checkpoint is '
+            'saved: run the same command again to resume')
+  return (f'mlp_jax: stopped by {cause} after epoch {epoch}; checkpoints are '
+          'off (--checkpoint_every=0), so running the same command again starts over')

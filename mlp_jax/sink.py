@@ -1,0 +1,163 @@
+"""The records sink: a chunk's per-epoch records written in one batch, off the training path.
+
+The driver hands the sink each epoch's metrics of all its seeds at once (one
+transfer off the device). A background thread formats them into every seed's
+history.csv (and TensorBoard events), so the next epoch trains while the host
+writes; an error of that thread (a full disk) is raised in the driver at the
+next call. history.csv needs no fsync: the chunk's checkpoints hold the metrics
+log, and `begin` rewrites the rows a checkpoint covers from it.
+
+When the chunk's last epoch is done, `finish` writes each seed's trained
+parameters (in parallel threads: serialising and fsync-ing them is the host's
+largest per-seed cost), the record that marks a run complete.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from mlp_jax import records
+
+# Metrics log columns: what each seed's row of an epoch is made from (float32;
+# counts below 2**24 are exact in float32).
+LOG_COLUMNS = ('train_loss', 'train_correct', 'test_loss', 'test_correct',
+               'epoch_seconds', 'eval_seconds')
+# Threads that write parameter files at the end of a chunk (I/O bound).
+PARAMS_WRITERS = 8
+
+
+def new_log(seeds: int, epochs: int) -> np.ndarray:
+  """An empty metrics log: float32[seeds, epochs, len(LOG_COLUMNS)]."""
+  return np.zeros((seeds, epochs, len(LOG_COLUMNS)), np.float32)
+
+
+def log_epoch(log: np.ndarray, rows: Sequence[int], epoch: int,
+              metrics: Dict[str, np.ndarray]) -> None:
+  """Stores epoch `epoch` (1-based) of the seeds in `rows` (metrics: name -> [len(rows)])."""
+  for column, name in enumerate(LOG_COLUMNS):
+    log[np.asarray(rows), epoch - 1, column] = metrics[name]
+
+
+def logged_metrics(log: np.ndarray, rows: Sequence[int], epoch: int) -> Dict[str, np.ndarray]:
+  """The inverse of log_epoch: name -> float32[len(rows)]."""
+  values = log[np.asarray(rows), epoch - 1]
+  return {name: values[:, column] for column, name in enumerate(LOG_COLUMNS)}
+
+
+class RecordSink:
+  """Writes the records of the seeds of one chunk that live on this process.
+
+  Args:
+    run_dirs: each seed's run directory, in the order of the chunk's rows given
+      to every call (this process's rows with a real seed).
+    train_examples, test_examples: what the counts in the metrics are out of.
+    tensorboard: also write TensorBoard events into <run_dir>/tensorboard.
+  """
+
+  def __init__(self, run_dirs: Sequence[str], train_examples: int, test_examples: int,
+               tensorboard: bool = False):
+    self.run_dirs = list(run_dirs)
+    self._examples = (train_examples, test_examples)
+    self._thread = concurrent.futures.ThreadPoolExecutor(1, 'mlp_jax-records')
+    self._pending: List[concurrent.futures.Future] = []
+    self._tensorboard = None
+    if tensorboard and self.run_dirs:
+      from mlp_jax.tensorboard import EpochWriter  # pylint: disable=g-import-not-at-top
+      self._tensorboard = EpochWriter(
+          [os.path.join(d, records.TENSORBOARD_DIR) for d in self.run_dirs])
+    self.seconds = 0.0  # time the driver spent here (waiting on the thread included)
+
+  def begin(self, log: np.ndarray, rows: Sequence[int], epoch: int) -> None:
+    """Makes each seed's history.csv hold exactly the rows of epochs 1..`epoch` of the
+    log (a checkpoint's), dropping any later ones, which will be recomputed."""
+    tick = time.perf_counter()
+    for index, run_dir in enumerate(self.run_dirs):
+      path = os.path.join(run_dir, records.HISTORY_FILE)
+      if epoch:
+        records.write_history(path, [
+            self._rows(e, logged_metrics(log, [rows[index]], e))[0]
+            for e in range(1, epoch + 1)])
+      elif os.path.lexists(path):
+        os.remove(path)
+    self.seconds += time.perf_counter() - tick
+
+  def write(self, epoch: int, metrics: Dict[str, np.ndarray]) -> None:
+    """Queues epoch `epoch` of every seed (metrics: LOG_COLUMNS -> [seeds])."""
+    tick = time.perf_counter()
+    self._raise_errors(wait=False)
+    self._pending.append(self._thread.submit(self._write, epoch, metrics))
+    self.seconds += time.perf_counter() - tick
+
+  def finish(self, variables: Sequence[Any]) -> None:
+    """Writes every seed's trained variables (host pytrees), after its history."""
+    tick = time.perf_counter()
+    self._raise_errors(wait=True)
+    paths = [os.path.join(d, records.PARAMS_FILE) for d in self.run_dirs]
+    with concurrent.futures.ThreadPoolExecutor(PARAMS_WRITERS, 'mlp_jax-params') as pool:
+      list(pool.map(records.save_params, paths, variables))
+    self.seconds += time.perf_counter() - tick
+
+  def close(self) -> None:
+    """Waits for the queued writes; raises the first error among them."""
+    tick = time.perf_counter()
+    try:
+      self._raise_errors(wait=True)
+    finally:
+      self._thread.shutdown(wait=True)
+      if self._tensorboard is not None:
+        self._tensorboard.close()
+      self.seconds += time.perf_counter() - tick
+
+  def _rows(self, epoch: int, metrics: Dict[str, np.ndarray]) -> List[Dict[str, str]]:
+    return records.history_rows(epoch, metrics, *self._examples)
+
+  def _write(self, epoch: int, metrics: Dict[str, np.ndarray]) -> None:
+    for run_dir, row in zip(self.run_dirs, self._rows(epoch, metrics)):
+      records.append_history(os.path.join(run_dir, records.HISTORY_FILE), [row])
+    if self._tensorboard is not None:
+      self._tensorboard.write(epoch, accuracies(metrics, *self._examples))
+
+  def _raise_errors(self, wait: bool) -> None:
+    if wait:
+      concurrent.futures.wait(self._pending)
+    done = [f for f in self._pending if f.done()]
+    self._pending = [f for f in self._pending if not f.done()]
+    for future in done:
+      future.result()  # re-raises the thread's error here
+
+
+def accuracies(metrics: Dict[str, np.ndarray], train_examples: int, test_examples: int
+               ) -> Dict[str, np.ndarray]:
+  """Log metrics -> the four recorded metrics as float64[seeds] (losses, accuracies)."""
+  return {'train_loss': metrics['train_loss'].astype(np.float64),
+          'train_accuracy': metrics['train_correct'].astype(np.float64) / train_examples,
+          'test_loss': metrics['test_loss'].astype(np.float64),
+          'test_accuracy': metrics['test_correct'].astype(np.float64) / test_examples}
+
+
+def render_curves(run_dirs: Sequence[str], titles: Sequence[str],
+                  workers: Optional[int] = None) -> None:
+  """Draws <run_dir>/curves.png of each finished run from its history.csv, in
+  parallel processes when there are several (matplotlib is not thread-safe)."""
+  if len(run_dirs) <= 1:
+    for run_dir, title in zip(run_dirs, titles):
+      _render_one(run_dir, title)
+    return
+  import multiprocessing  # pylint: disable=g-import-not-at-top
+  workers = workers or min(len(run_dirs), os.cpu_count() or 1)
+  # Spawned, not forked: a fork of a process running JAX's threads can deadlock.
+  with concurrent.futures.ProcessPoolExecutor(
+      workers, mp_context=multiprocessing.get_context('spawn')) as pool:
+    list(pool.map(_render_one, run_dirs, titles, chunksize=max(1, len(run_dirs) // workers)))
+
+
+def _render_one(run_dir: str, title: str) -> None:
+  from mlp_jax import plots  # pylint: disable=g-import-not-at-top
+  history = records.read_history(os.path.join(run_dir, records.HISTORY_FILE))
+  plots.plot_history(history.columns_as_arrays(), os.path.join(run_dir, records.CURVES_FILE),
+                     title)

@@ -1,0 +1,161 @@
+"""The driver in-process, on a subset of MNIST: chunks, padding, records, checkpoints, resume."""
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+
+from conftest import read, without_timing
+from mlp_jax import checkpoints, driver, records, sink
+from mlp_jax.config import TrainConfig
+from mlp_jax.errors import UsageError
+from mlp_jax.run import Layout, RunOptions, epoch_line, sweep_line, train
+
+CONFIG = TrainConfig(epochs=3, batch_size=128)
+
+
+@pytest.fixture(scope='module')
+def subset(mnist):
+  """2,048 training and 1,000 test images: 16 steps an epoch."""
+  return dataclasses.replace(mnist, train_images=mnist.train_images[:2048],
+                             train_labels=mnist.train_labels[:2048],
+                             test_images=mnist.test_images[:1000],
+                             test_labels=mnist.test_labels[:1000])
+
+
+def _train(subset, workdir, seeds, sweep=True, config=CONFIG, **options):
+  options.setdefault('tensorboard', False)
+  return train(config, seeds, Layout(str(workdir), sweep=sweep), RunOptions(**options),
+               sweep_line if sweep else epoch_line, started=0.0, dataset=subset)
+
+
+def _history(run_dir):
+  return read(os.path.join(run_dir, records.HISTORY_FILE))
+
+
+def test_plan_chunks_pads_every_group_to_the_full_width():
+  members = [driver.Member(CONFIG.replace(seed=s), f'seed_{s}') for s in range(10)]
+  chunks = driver.plan_chunks(members, chunk_size=6, unit=4, checkpoint_dir=str)
+  assert [len(c.members) for c in chunks] == [8, 2]     # capacity 6 rounded up to 8
+  assert [c.size for c in chunks] == [8, 4]
+  assert [c.seed for c in chunks[1].row_configs] == [8, 9, 8, 8]  # padding repeats seed 8
+  assert chunks[1].checkpoint_dir == '[8, 9]'
+
+
+def test_a_sweep_writes_complete_records_and_times_its_host_work(subset, tmp_path):
+  outcome = _train(subset, tmp_path, [0, 1, 2], chunk_size=2)
+  for seed in (0, 1, 2):
+    run_dir = records.seed_dir(str(tmp_path), seed)
+    history = records.read_history(os.path.join(run_dir, records.HISTORY_FILE))
+    assert sorted(history.rows) == [1, 2, 3] and history.columns == records.HISTORY_COLUMNS
+    assert records.is_complete(run_dir) and records.load_config(run_dir).seed == seed
+    assert not os.path.exists(os.path.join(run_dir, records.CURVES_FILE))  # on request only
+  assert outcome.final_test_accuracy.shape == (3,) and outcome.final_test_accuracy.min() > 0.7
+  timing = records.read_json_object(str(tmp_path / records.TIMING_FILE))
+  assert timing['seed_epochs'] == 9 and timing['train_seconds'] > 0
+  assert timing['host_seconds'] == pytest.approx(
+      timing['records_seconds'] + timing['checkpoint_seconds'] + timing['summary_seconds'])
+  for name in (records.SUMMARY_FILE, records.FINAL_FILE, records.CURVES_FILE):
+    assert os.path.exists(tmp_path / name)
+
+
+def test_seed_curves_on_request(subset, tmp_path):
+  _train(subset, tmp_path, [0, 1], seed_curves=True, checkpoint_every=0)
+  for seed in (0, 1):
+    assert os.path.getsize(os.path.join(records.seed_dir(str(tmp_path), seed),
+                                        records.CURVES_FILE)) > 10_000
+
+
+@pytest.mark.parametrize('width', [1, 4])
+def test_a_seed_never_depends_on_its_neighbours_chunk_or_position(subset, tmp_path, width):
+  """Seed 9 of seeds 0-9 (a padded remainder group), of seeds 8-11 (a full group),
+  in chunks of 4, and alone (a single run padded to the width): the same bits."""
+  sweeps = {'0-9': list(range(10)), '8-11': [8, 9, 10, 11], 'chunks': list(range(10))}
+  for name, seeds in sweeps.items():
+    _train(subset, tmp_path / name, seeds, vmap_width=width, checkpoint_every=0,
+           chunk_size=4 if name == 'chunks' else None)
+  _train(subset, tmp_path / 'single', [9], sweep=False, vmap_width=width, checkpoint_every=0)
+  expected = without_timing(_history(tmp_path / 'single'))
+  params = read(tmp_path / 'single' / records.PARAMS_FILE, 'rb')
+  for name in sweeps:
+    run_dir = records.seed_dir(str(tmp_path / name), 9)
+    assert without_timing(_history(run_dir)) == expected, name
+    assert read(os.path.join(run_dir, records.PARAMS_FILE), 'rb') == params, name
+  assert records.load_config(str(tmp_path / 'single')).vmap_width == width
+
+
+def test_interrupted_then_resumed_equals_uninterrupted_and_repairs_history(
+    subset, tmp_path, monkeypatch):
+  """A crash before epoch 3's records: the rerun resumes from the checkpoint of
+  epoch 2, rewrites rows 1-2 from it (repairing a garbled one) and ends with the
+  bits of a run never interrupted."""
+  _train(subset, tmp_path / 'reference', [5, 6], checkpoint_every=0)
+  real_write = sink.RecordSink.write
+
+  def crash_at_epoch_3(self, epoch, metrics):
+    if epoch == 3:
+      raise RuntimeError('crash')
+    real_write(self, epoch, metrics)
+
+  monkeypatch.setattr(sink.RecordSink, 'write', crash_at_epoch_3)
+  with pytest.raises(RuntimeError, match='crash'):
+    _train(subset, tmp_path / 'resumed', [5, 6], checkpoint_every=1)
+  monkeypatch.setattr(sink.RecordSink, 'write', real_write)
+  seed_5 = records.seed_dir(str(tmp_path / 'resumed'), 5)
+  history_path = os.path.join(seed_5, records.HISTORY_FILE)
+  written = _history(seed_5)
+  assert len(written.splitlines()) == 3  # header and epochs 1-2
+  with open(history_path, 'w') as f:
+    f.write(written.replace(written.splitlines()[1], 'GARBAGE,,,,,,'))
+  _train(subset, tmp_path / 'resumed', [5, 6], checkpoint_every=1)
+  assert _history(seed_5).startswith(written)  # the rows the checkpoint covers, byte for byte
+  for seed in (5, 6):
+    a, b = (records.seed_dir(str(tmp_path / n), seed) for n in ('reference', 'resumed'))
+    assert without_timing(_history(a)) == without_timing(_history(b))
+    assert read(os.path.join(a, records.PARAMS_FILE), 'rb') == read(
+        os.path.join(b, records.PARAMS_FILE), 'rb')
+
+
+def test_auto_checkpoints_follow_their_cost():
+  policy = checkpoints.SavePolicy(every=None, save_seconds=0.0)
+  assert policy.wants(1, 10) and not policy.wants(10, 10)  # the last epoch needs none
+  policy.save_seconds = 3600.0
+  assert not policy.wants(5, 10)
+  every_2 = checkpoints.SavePolicy(every=2)
+  assert [e for e in range(1, 8) if every_2.wants(e, 7)] == [2, 4, 6, 7]
+
+
+def test_a_chunk_too_large_for_the_device_is_one_line_naming_chunk_size():
+  assert driver.seeds_that_fit(bytes_per_seed=1e6, fixed_bytes=1e8, limit=10**9) == 700
+  driver.check_chunk_fits(700, 1e6, 1e8, 10**9)
+  driver.check_chunk_fits(10**6, 1e6, 1e8, None)  # a CPU: no device limit
+  with pytest.raises(UsageError, match=r'--chunk_size: 701 seeds per device .* at most 700'):
+    driver.check_chunk_fits(701, 1e6, 1e8, 10**9)
+
+
+def test_the_memory_a_seed_needs_is_measured_from_the_compiled_program(subset):
+  ctx = driver.Context.create(CONFIG.replace(vmap_width=2), subset)
+  per_seed, fixed = ctx.programs.bytes_per_seed()
+  state_bytes = 4 * 3 * (784 * 128 + 128 + 128 * 128 + 128 + 128 * 10 + 10)  # params, mu, nu
+  assert state_bytes <= per_seed < 20 * state_bytes
+  assert fixed == ctx.data.nbytes
+
+
+def test_a_single_run_and_a_sweep_never_share_a_workdir(subset, tmp_path):
+  _train(subset, tmp_path / 'run', [0], sweep=False, checkpoint_every=0,
+         config=CONFIG.replace(epochs=1))
+  with pytest.raises(UsageError, match='holds a single run'):
+    _train(subset, tmp_path / 'run', [0, 1], config=CONFIG.replace(epochs=1))
+  _train(subset, tmp_path / 'sweep', [0, 1], checkpoint_every=0, config=CONFIG.replace(epochs=1))
+  with pytest.raises(UsageError, match='holds a sweep'):
+    _train(subset, tmp_path / 'sweep', [0], sweep=False, config=CONFIG.replace(epochs=1))
+
+
+def test_metrics_log_round_trip():
+  log = sink.new_log(4, 3)
+  metrics = {name: np.arange(2, dtype=np.float32) + i for i, name in enumerate(sink.LOG_COLUMNS)}
+  sink.log_epoch(log, [1, 3], 2, metrics)
+  back = sink.logged_metrics(log, [1, 3], 2)
+  assert all(np.array_equal(back[name], metrics[name]) for name in sink.LOG_COLUMNS)
+  assert not log[[0, 2]].any() and not log[:, [0, 2]].any()
