@@ -159,3 +159,19 @@ def test_epochs_slower_than_the_sweeps_program_are_flagged():
   assert '1.65' in table and 'machine slowed down' in table and 'FAIL (noisy)' in table
   results['sweep'] = {'available': False}
   assert benchmark.epoch_slowdown(results) is None
+
+
+def test_sweep_mode_host_work_is_total_minus_startup_training_and_evaluation():
+  timing = {'seed_epochs': 192, 'train_seconds': 90.0, 'eval_seconds': 10.0,
+            'startup_seconds': 4.0, 'total_seconds': 109.0, 'records_seconds': 1.0,
+            'checkpoint_seconds': 0.5, 'summary_seconds': 3.0}
+  work = benchmark.sweep_host_work(timing)
+  assert work['host_seconds'] == pytest.approx(5.0)
+  assert work['host_fraction'] == pytest.approx(0.05)
+  assert work['seed_epochs_per_second'] == pytest.approx(192 / 90)
+  run = {'command': ['python', '-m', 'experiments.sweep', '--seeds=0-63'], 'timing': timing,
+         'wall_seconds': 110.0, 'seed_epochs_per_wall_second': 192 / 110, 'passed': True,
+         **work}
+  text = benchmark.format_sweep_mode(run)
+  assert '0.050 of training + evaluation (<= 0.10 PASS)' in text
+  assert 'records 1.00 s, checkpoints 0.50 s, summaries 3.00 s' in text
