@@ -510,6 +510,36 @@ def _short(side: Side) -> str:
   return f'sweep {name} ({plural(len(side.runs), "seed")})'
 
 
+# Settings and environment facts that change a run's bits without changing what it
+# computes (README, Reproducibility): (dotted key of config.json or of sweep.json's
+# `config`, or of environment.json; what to call it).
+NUMERICS_SETTINGS = (('vmap_width', 'vmap width'), ('matmul_precision', 'matmul precision'))
+NUMERICS_ENVIRONMENT = (('backend', 'backend'), ('device_kind', 'device kind'),
+                        ('platform.cpu', 'CPU'), ('versions.jax', 'jax version'),
+                        ('versions.jaxlib', 'jaxlib version'), ('versions.flax', 'flax version'),
+                        ('versions.optax', 'optax version'), ('compiler_options', 'compiler options'),
+                        ('xla_flags', 'XLA_FLAGS'),
+                        ('jax_config.jax_default_matmul_precision', 'JAX matmul precision'))
+
+
+def likely_causes(settings: Tuple[Mapping[str, Any], Mapping[str, Any]],
+                  environments: Tuple[Mapping[str, Any], Mapping[str, Any]]) -> List[str]:
+  """The differences between two sides that explain differing bits, e.g.
+  'vmap width 1 -> 4'. A sweep's settings are read from its `config`."""
+  def flat(side_settings):
+    return flatten(dict(side_settings.get('config', side_settings)))
+  causes = []
+  for (a, b), keys in (((flat(settings[0]), flat(settings[1])), NUMERICS_SETTINGS),
+                       ((flatten(dict(environments[0])), flatten(dict(environments[1]))),
+                        NUMERICS_ENVIRONMENT)):
+    for key, name in keys:
+      value_a, value_b = (a.get(key, _ABSENT), b.get(key, _ABSENT))
+      if value_a != value_b:
+        show = lambda v: '(absent)' if v is _ABSENT else _show(v)
+        causes.append(f'{name} {show(value_a)} -> {show(value_b)}')
+  return causes
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -530,6 +560,9 @@ def compare(a: Side, b: Side) -> Tuple[List[str], List[str], str]:
   single = isinstance(a, Run) and isinstance(b, Run)
   history, reasons = history_lines(comparison, pairing, single)
   lines += history + final_accuracy_lines(a, b)
+  causes = likely_causes(pairing.settings[1:], pairing.environments) if reasons else []
+  if causes:
+    lines.append(f'likely reason for differing bits: {"; ".join(causes)}')
   return lines, reasons, compared_size(comparison)
 
 

@@ -236,6 +236,26 @@ def test_two_sweeps_report_means_and_welch(tmp_path):
                              'test_accuracy differs in 4 of 12 cells; seeds only in B: 4)')
 
 
+def test_differing_bits_are_explained_by_width_precision_backend_and_versions(tmp_path):
+  """Sweeps whose bits differ because of the vmap width, the matmul precision, the
+  device and the jax version: compare names those, and still gives its statistics."""
+  finals_a = {0: 0.9701, 1: 0.9723, 2: 0.9751}
+  finals_b = {0: 0.9702, 1: 0.9720, 2: 0.9753}
+  a = write_sweep(tmp_path / 'a', finals_a, config={'vmap_width': 1})
+  b = write_sweep(tmp_path / 'b', finals_b, config={'vmap_width': 4, 'matmul_precision': 'high'},
+                  environment={'backend': 'gpu', 'device_kind': 'NVIDIA H100 80GB HBM3',
+                               'versions': {'jax': '0.12.0.1', 'jaxlib': '0.12.0.1'}})
+  out = compare(a, b).stdout
+  assert ('likely reason for differing bits: vmap width 1 -> 4; matmul precision (absent) -> '
+          '"high"; backend "cpu" -> "gpu"; device kind "cpu" -> "NVIDIA H100 80GB HBM3"; '
+          'jax version "0.10.2" -> "0.12.0.1"; jaxlib version "0.10.2" -> "0.12.0.1"\n') in out
+  assert re.search(r'^  A - B: .* p = \S+$', out, re.M), out
+  # Identical results need no explanation, whatever differs around them.
+  c = write_sweep(tmp_path / 'c', finals_a, config={'vmap_width': 1},
+                  environment={'versions': {'jax': '0.12.0.1'}})
+  assert 'likely reason' not in compare(a, c).stdout
+
+
 def test_identical_sweeps_and_a_seed_without_records(tmp_path):
   finals = {0: 0.97, 1: 0.971, 2: 0.9705}
   a, b = write_sweep(tmp_path / 'a', finals), write_sweep(tmp_path / 'b', finals)
