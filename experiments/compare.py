@@ -259,7 +259,8 @@ def _run_vs_sweep(run: Run, sweep: Sweep, run_is_a: bool) -> Pairing:
   notes = [f'the run is compared with the sweep\'s {seed_folder}'
            + (f'; its other {plural(others, "seed")} are not compared' if others else '')]
   return Pairing([(run.seed, *order(run, match))], [], [], notes,
-                 (f'{CONFIG_FILE} vs {seed_folder}/{CONFIG_FILE}', *order(run.config, match.config)),
+                 (f'{CONFIG_FILE} vs {seed_folder}/{CONFIG_FILE}',
+                  *order(run.config, match.config)),
                  order(run.environment, match.environment))
 
 
@@ -517,7 +518,8 @@ NUMERICS_SETTINGS = (('vmap_width', 'vmap width'), ('matmul_precision', 'matmul 
 NUMERICS_ENVIRONMENT = (('backend', 'backend'), ('device_kind', 'device kind'),
                         ('platform.cpu', 'CPU'), ('versions.jax', 'jax version'),
                         ('versions.jaxlib', 'jaxlib version'), ('versions.flax', 'flax version'),
-                        ('versions.optax', 'optax version'), ('compiler_options', 'compiler options'),
+                        ('versions.optax', 'optax version'),
+                        ('compiler_options', 'compiler options'),
                         ('xla_flags', 'XLA_FLAGS'),
                         ('jax_config.jax_default_matmul_precision', 'JAX matmul precision'))
 
