@@ -159,3 +159,63 @@ def test_metrics_log_round_trip():
   back = sink.logged_metrics(log, [1, 3], 2)
   assert all(np.array_equal(back[name], metrics[name]) for name in sink.LOG_COLUMNS)
   assert not log[[0, 2]].any() and not log[:, [0, 2]].any()
+
+
+_FOUR_DEVICES = '''
+import dataclasses, hashlib, json, os, sys
+from mlp_jax import environment, records
+from mlp_jax.config import TrainConfig
+from mlp_jax.data import load_mnist
+from mlp_jax.run import Layout, RunOptions, epoch_line, sweep_line, train
+import jax
+assert jax.device_count() == 4, jax.devices()
+environment.enable_compilation_cache(sys.argv[2])
+m = load_mnist()
+subset = dataclasses.replace(m, train_images=m.train_images[:2048],
+                             train_labels=m.train_labels[:2048],
+                             test_images=m.test_images[:1000], test_labels=m.test_labels[:1000])
+options = RunOptions(vmap_width=4, checkpoint_every=0, tensorboard=False)
+root = sys.argv[1]
+for name, seeds in (('0-9', list(range(10))), ('8-11', [8, 9, 10, 11])):
+  train(TrainConfig(epochs=2), seeds, Layout(os.path.join(root, name), sweep=True), options,
+        sweep_line, 0.0, subset)
+train(TrainConfig(epochs=2, seed=9), [9], Layout(os.path.join(root, 'single'), sweep=False),
+      options, epoch_line, 0.0, subset)
+'''
+
+
+def test_a_seed_is_the_same_on_four_devices(subset, tmp_path, cache_dir):
+  """Seed 9 at width 4 on 4 host devices (groups split over devices): in the padded
+  sweep 0-9, in the sweep 8-11 and alone, the same bits as on 1 device."""
+  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  from conftest import REPO  # pylint: disable=g-import-not-at-top
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
+  result = subprocess.run([sys.executable, '-c', _FOUR_DEVICES, str(tmp_path / 'four'), cache_dir],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  _train(subset, tmp_path / 'one', [9], sweep=False, vmap_width=4, checkpoint_every=0,
+         config=CONFIG.replace(epochs=2, seed=9))
+  expected = (without_timing(_history(tmp_path / 'one')),
+              read(tmp_path / 'one' / records.PARAMS_FILE, 'rb'))
+  for run_dir in (records.seed_dir(str(tmp_path / 'four' / '0-9'), 9),
+                  records.seed_dir(str(tmp_path / 'four' / '8-11'), 9),
+                  str(tmp_path / 'four' / 'single')):
+    assert (without_timing(_history(run_dir)),
+            read(os.path.join(run_dir, records.PARAMS_FILE), 'rb')) == expected, run_dir
+
+
+def test_tensorboard_events_hold_each_seeds_history_and_the_sweeps_mean(subset, tmp_path):
+  from test_tensorboard import TAGS, _scalars  # pylint: disable=g-import-not-at-top
+  _train(subset, tmp_path, [0, 1], checkpoint_every=0, tensorboard=True,
+         config=CONFIG.replace(epochs=2))
+  curves = records.read_curves([records.seed_dir(str(tmp_path), s) for s in (0, 1)])
+  for index, seed in enumerate((0, 1)):
+    events = _scalars(os.path.join(records.seed_dir(str(tmp_path), seed),
+                                   records.TENSORBOARD_DIR))
+    for metric, tag in TAGS.items():
+      assert events[tag] == [(e, pytest.approx(curves[metric][index, e - 1], rel=1e-6))
+                             for e in (1, 2)], (seed, tag)
+  mean = _scalars(str(tmp_path / records.TENSORBOARD_DIR))
+  for metric, tag in TAGS.items():
+    assert mean[tag] == [(e, pytest.approx(curves[metric][:, e - 1].mean(), rel=1e-6))
+                         for e in (1, 2)], tag
