@@ -42,6 +42,7 @@ def main(argv):
   seeds = parse_seeds(FLAGS.seeds)
   config = config_from_flags(seeds[0])
   options = run_options_from_flags(seed_curves=FLAGS.seed_curves)
+  environment.apply_determinism(FLAGS.deterministic)  # before the backend starts
   environment.initialize_distributed()
   environment.enable_compilation_cache(FLAGS.compilation_cache_dir)
   train_sweep(config, seeds, FLAGS.workdir, options, _STARTED)

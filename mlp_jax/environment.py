@@ -65,6 +65,28 @@ def compiler_options(backend: Optional[str] = None) -> Dict[str, Any]:
           if f'--{name}' not in user_flags}
 
 
+# XLA flags that make GPU execution run-to-run reproducible: deterministic
+# reductions and scatters, and no autotuning, whose timing-based choice of kernels
+# can differ from one compilation to the next. Parsed (and ignored) by every
+# backend's XLA, so they are set whatever the machine.
+DETERMINISTIC_XLA_FLAGS = ('--xla_gpu_deterministic_ops=true', '--xla_gpu_autotune_level=0')
+
+
+def apply_determinism(deterministic: bool = True) -> str:
+  """Adds DETERMINISTIC_XLA_FLAGS to $XLA_FLAGS, for the backend to read when it starts.
+
+  Entry points call this before anything touches a device (XLA reads $XLA_FLAGS
+  once). A flag the user already names in $XLA_FLAGS is left as they set it.
+  `deterministic=False` (--nodeterministic) adds nothing. environment.json
+  records the result as `xla_flags`. Returns $XLA_FLAGS as it now is.
+  """
+  user_flags = os.environ.get('XLA_FLAGS', '')
+  if deterministic:
+    added = [f for f in DETERMINISTIC_XLA_FLAGS if f.split('=')[0] not in user_flags]
+    os.environ['XLA_FLAGS'] = ' '.join([user_flags, *added]).strip()
+  return os.environ.get('XLA_FLAGS', '')
+
+
 def initialize_distributed() -> None:
   """Joins JAX's distributed runtime when this process is one of several.
 

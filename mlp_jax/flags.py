@@ -79,6 +79,11 @@ def define_run_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_bool('tensorboard', _RUN_DEFAULTS.tensorboard, 'Write TensorBoard event files '
                     '(tensorboard/ in each run directory, and the mean in a sweep\'s).',
                     flag_values=flag_values)
+  flags.DEFINE_bool('deterministic', True, 'Deterministic GPU execution (XLA\'s '
+                    'deterministic ops, no autotuning): the same command gives the same bits in '
+                    'any process; --nodeterministic may be faster. Recorded in environment.json '
+                    '(xla_flags); no effect on a CPU, which is deterministic anyway.',
+                    flag_values=flag_values)
   flags.DEFINE_bool('overwrite', False, 'Start over in a workdir that holds a run with '
                     'other settings (its records and checkpoints are deleted).',
                     flag_values=flag_values)

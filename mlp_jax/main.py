@@ -30,6 +30,7 @@ def main(argv):
   reject_extra_arguments(argv)
   config = config_from_flags(FLAGS.seed)
   options = run_options_from_flags()
+  environment.apply_determinism(FLAGS.deterministic)  # before the backend starts
   environment.initialize_distributed()
   environment.enable_compilation_cache(FLAGS.compilation_cache_dir)
   train_and_evaluate(config, FLAGS.workdir, options, started=_STARTED)

@@ -164,3 +164,22 @@ def test_short_cnn_run_learns_and_loads(tmp_path, run_module, mnist):
   predict = mlp_jax.load_trained(str(workdir))
   labels = predict(mnist.test_images)
   assert np.mean(labels == mnist.test_labels) == float(final['test_accuracy'])
+
+
+def test_gpu_determinism_is_the_default_and_the_users_flags_win(monkeypatch):
+  from mlp_jax import environment  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
+  assert environment.apply_determinism() == (
+      '--xla_force_host_platform_device_count=2 --xla_gpu_deterministic_ops=true '
+      '--xla_gpu_autotune_level=0')
+  monkeypatch.setenv('XLA_FLAGS', '--xla_gpu_deterministic_ops=false')
+  assert environment.apply_determinism() == (
+      '--xla_gpu_deterministic_ops=false --xla_gpu_autotune_level=0')
+  monkeypatch.setenv('XLA_FLAGS', '')
+  assert environment.apply_determinism(deterministic=False) == ''
+
+
+def test_entry_points_record_the_determinism_flags(two_epoch_runs):
+  workdir, _ = two_epoch_runs[0]
+  flags = records.read_json_object(os.path.join(workdir, 'environment.json'))['xla_flags']
+  assert '--xla_gpu_deterministic_ops=true' in flags and '--xla_gpu_autotune_level=0' in flags
