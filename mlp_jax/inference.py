@@ -12,7 +12,7 @@ import numpy as np
 from mlp_jax import environment, records
 from mlp_jax.errors import UsageError
 from mlp_jax.models import create_model, num_classes_of
-from mlp_jax.train import to_pixels
+from mlp_jax.train import to_pixels, with_matmul_precision
 
 
 def load_trained(workdir: str) -> Callable[[np.ndarray], np.ndarray]:
@@ -30,10 +30,13 @@ def load_trained(workdir: str) -> Callable[[np.ndarray], np.ndarray]:
   variables = jax.device_put(records.load_params(params_path))
   model = create_model(config, num_classes_of(variables))
 
-  @jax.jit(compiler_options=environment.compiler_options())
-  def _predict(images):
+  def labels_of(images):
     logits = model.apply(variables, to_pixels(images.reshape(images.shape[0], -1)), train=False)
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+  # The run's matmul precision, as its evaluation used.
+  _predict = jax.jit(with_matmul_precision(config, labels_of),
+                     compiler_options=environment.compiler_options())
 
   def predict(images: np.ndarray) -> np.ndarray:
     images = np.asarray(images)
