@@ -280,6 +280,9 @@ def train(config: TrainConfig, seeds: Sequence[int], layout: Layout, options: Ru
                         write=first)
     prepare_run_dirs(members, env, options.overwrite, write=first)
     sync_processes('mlp_jax: run directories ready')
+    if not layout.sweep:
+      width = f' (vmap width {config.vmap_width})' if config.vmap_width > 1 else ''
+      print(f'mlp_jax: run in {layout.workdir}{width}', flush=True)
     progress = Progress(len(seeds) * config.epochs, unit='seed-epochs' if layout.sweep
                         else 'epochs', bar=sys.stderr)
     try:
@@ -288,10 +291,11 @@ def train(config: TrainConfig, seeds: Sequence[int], layout: Layout, options: Ru
         driver_options = DriverOptions(resolve_chunk_size(config, options, ctx),
                                        options.checkpoint_every, options.keep_checkpoints,
                                        options.tensorboard)
-        print(f'mlp_jax: {len(seeds)} seed(s) x {config.epochs} epochs, vmap width '
-              f'{config.vmap_width}, chunks of {driver_options.chunk_size} over '
-              f'{jax.device_count()} device(s) in {jax.process_count()} process(es); '
-              f'records in {layout.workdir}', flush=True)
+        if layout.sweep:
+          print(f'sweep: {len(seeds)} seeds x {config.epochs} epochs, vmap width '
+                f'{config.vmap_width}, chunks of {driver_options.chunk_size} over '
+                f'{jax.device_count()} device(s) in {jax.process_count()} process(es); '
+                f'writing to {layout.workdir}', flush=True)
         train_members(members, ctx, driver_options, layout.checkpoint_dir, reporter, progress,
                       timing, started)
     finally:
