@@ -72,7 +72,7 @@ import numpy as np
 from absl import flags
 
 from mlp_jax import cli
-from mlp_jax.records import (CONFIG_FILE, ENVIRONMENT_FILE, HISTORY_FILE, SWEEP_FILE,
+from mlp_jax.records import (CONFIG_FILE, ENVIRONMENT_FILE, HISTORY_FILE, SWEEP_FILE, History,
                              SEED_DIR, TIMING_SUFFIX, read_history, read_json_object, seed_dir)
 from mlp_jax.errors import UsageError
 

@@ -16,7 +16,7 @@ import datetime
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 import jax
 import numpy as np
@@ -31,6 +31,9 @@ from mlp_jax.errors import UsageError
 from mlp_jax.progress import Progress
 from mlp_jax.sink import render_curves
 from mlp_jax.workdir import WorkdirError, lock, refuse_other_settings, remove_entries
+
+if TYPE_CHECKING:
+  from mlp_jax import stats  # pylint: disable=g-import-not-at-top
 
 # Seeds per chunk on a CPU when --chunk_size is auto (about 1.4 MB of state each for
 # the seed config): large enough that chunking costs nothing measurable.
