@@ -34,9 +34,21 @@ def _exit(code: int, every_process_stops: bool = False) -> None:
   sys.exit(code)
 
 
+def parse_flags(argv: Sequence[str]) -> Sequence[str]:
+  """absl's flag parsing, with an unparsable command line (an unknown flag, a value
+  of the wrong type) reported like every other bad input: one line, exit code 2."""
+  try:
+    return flags.FLAGS(list(argv))
+  except flags.Error as e:
+    message = ' '.join(str(e).split())  # absl's messages may span lines
+    print(f'error: {message} (--helpshort lists the flags)', file=sys.stderr)
+    sys.exit(USAGE_EXIT_CODE)
+
+
 def run(main: Callable[[Sequence[str]], None]) -> None:
-  """app.run(main), reporting a UsageError as `error: ...` and exit code 2, and a
-  stop on a signal as its message and exit code 128 + signal number."""
+  """app.run(main), reporting a flag that does not parse or a UsageError as
+  `error: ...` and exit code 2, and a stop on a signal as its message and exit
+  code 128 + signal number."""
 
   @functools.wraps(main)
   def guarded(argv):
@@ -52,4 +64,4 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
       print(str(e), file=sys.stderr)
       _exit(e.exit_code, every_process_stops=True)
 
-  app.run(guarded)
+  app.run(guarded, flags_parser=parse_flags)

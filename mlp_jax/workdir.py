@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -54,25 +55,53 @@ def lock(workdir: str, process_index: int = 0, flag: str = '--workdir') -> Itera
       owner = os.pread(fd, 200, 0).decode(errors='replace').strip() or 'another process'
       raise WorkdirError(f'{flag}={workdir} is in use by {owner}; wait for it to finish '
                          'or choose another workdir') from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f'process {os.getpid()} on {socket.gethostname()}\n'.encode(), 0)
+    try:
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, f'process {os.getpid()} on {socket.gethostname()}\n'.encode(), 0)
+    except OSError as e:  # a full disk: the lock is held, naming its owner is not
+      raise WorkdirError(describe_os_error(workdir, e).replace('--workdir', flag, 1)) from None
     yield
   finally:
     os.close(fd)  # closing releases the lock
 
 
+# A settings-conflict message names at most this many differences (then "and N more").
+MAX_LISTED_DIFFERENCES = 6
+
+
+def _flatten(settings: Mapping[str, Any], prefix: str = '') -> Dict[str, Any]:
+  """{'config': {'learning_rate': 0.1}} -> {'config.learning_rate': 0.1}."""
+  flat: Dict[str, Any] = {}
+  for name, value in settings.items():
+    if isinstance(value, Mapping):
+      flat.update(_flatten(value, f'{prefix}{name}.'))
+    else:
+      flat[f'{prefix}{name}'] = value
+  return flat
+
+
 def setting_differences(stored: Mapping[str, Any], requested: Mapping[str, Any]) -> Dict[str, Any]:
-  """{name: (stored, requested)} for every setting that differs."""
+  """{name: (stored, requested)} for every setting that differs, nested settings
+  named by their path ('config.learning_rate')."""
+  stored, requested = _flatten(stored), _flatten(requested)
   names = sorted(set(stored) | set(requested))
   return {n: (stored.get(n), requested.get(n)) for n in names
           if stored.get(n) != requested.get(n)}
+
+
+def _short(value: Any) -> str:
+  text = repr(value) if isinstance(value, str) else json.dumps(value, default=repr)
+  return text if len(text) <= 40 else f'{text[:37]}...'
 
 
 def refuse_other_settings(workdir: str, stored: Mapping[str, Any],
                           requested: Mapping[str, Any], flag: str = '--workdir') -> None:
   differences = setting_differences(stored, requested)
   if differences:
-    listed = ', '.join(f'{n} {a!r} -> {b!r}' for n, (a, b) in differences.items())
+    listed = ', '.join(f'{n} {_short(a)} -> {_short(b)}'
+                       for n, (a, b) in list(differences.items())[:MAX_LISTED_DIFFERENCES])
+    if len(differences) > MAX_LISTED_DIFFERENCES:
+      listed += f' and {len(differences) - MAX_LISTED_DIFFERENCES} more'
     raise WorkdirError(f'{flag}={workdir} holds a run with other settings ({listed}); '
                        'use --overwrite to start over, or choose another workdir')
 
