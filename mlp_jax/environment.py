@@ -87,6 +87,56 @@ def apply_determinism(deterministic: bool = True) -> str:
   return os.environ.get('XLA_FLAGS', '')
 
 
+# XLA:CPU hands YNNPACK only the matmuls whose left operand is not transposed; the
+# others, among them every weight gradient (x^T g: the batch is the contracted
+# dimension of both operands), run as Eigen contractions on the CPU client's intra-op
+# thread pool, and Eigen blocks a contraction by the size of that pool, so their last
+# bits depend on it. The pool has max($PJRT_NPROC, local CPU devices) threads, and
+# without PJRT_NPROC as many as the process may use cores: on an AMD EPYC without
+# AVX-512 a run pinned to one core, one on two cores and one on 4 CPU devices computed
+# three different sets of parameters (README, Performance). A pool of a fixed size
+# makes them one. 4 is the most CPU devices a process of the project's own runs and
+# tests has (each device needs a thread of its own), and on the AVX-512 machine the
+# project was developed on a pool of 4 computed what one of 1 or 2 threads did.
+INTRA_OP_THREADS_ENV = 'PJRT_NPROC'
+INTRA_OP_THREADS = 4
+
+
+def _fix_intra_op_threads() -> bool:
+  """Sets $PJRT_NPROC to INTRA_OP_THREADS unless it is set already (a value of the
+  user's is left to the user, like an option in $XLA_FLAGS).
+
+  Returns whether $PJRT_NPROC sizes the pool: it only takes effect before JAX creates
+  its CPU client (the first jax.devices(), jit or array), so this runs when this module
+  is imported, which every entry point and every module that compiles does first.
+  """
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+  if os.environ.get(INTRA_OP_THREADS_ENV):
+    return True
+  if xla_bridge.backends_are_initialized():
+    return False  # too late: the pool has its default size
+  os.environ[INTRA_OP_THREADS_ENV] = str(INTRA_OP_THREADS)
+  return True
+
+
+_INTRA_OP_THREADS_FIXED = _fix_intra_op_threads()
+
+
+def intra_op_threads() -> Dict[str, Any]:
+  """What environment.json records of XLA:CPU's intra-op thread pool.
+
+  {'PJRT_NPROC': the value that sized it (None when JAX's CPU client existed before
+  this module was imported: then the pool has one thread per usable core),
+  'pool': its size, max(PJRT_NPROC, local CPU devices) (None when not known, or off
+  the CPU)}.
+  """
+  count = os.environ.get(INTRA_OP_THREADS_ENV) if _INTRA_OP_THREADS_FIXED else None
+  pool = None
+  if count and count.strip().isdigit() and jax.default_backend() == 'cpu':
+    pool = max(int(count), jax.local_device_count())
+  return {INTRA_OP_THREADS_ENV: count, 'pool': pool}
+
+
 def initialize_distributed() -> None:
   """Joins JAX's distributed runtime when this process is one of several.
 
@@ -218,6 +268,7 @@ def describe(dataset: Optional[Dataset] = None) -> Dict[str, Any]:
       'process_index': jax.process_index(),
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
       'compiler_options': compiler_options(),
+      'intra_op_threads': intra_op_threads(),
       'jax_config': {name: getattr(jax.config, name) for name in (
           'jax_enable_x64', 'jax_default_matmul_precision', 'jax_default_prng_impl',
           'jax_compilation_cache_dir')},
