@@ -53,14 +53,16 @@ def plot_band(curves: Mapping[str, np.ndarray], path: str, title: str) -> None:
     path: PNG to write.
     title: figure title.
   """
+  from matplotlib.collections import LineCollection  # pylint: disable=g-import-not-at-top
   from mlp_jax.stats import mean_ci  # pylint: disable=g-import-not-at-top
   plt, fig, acc_ax, loss_ax = _axes_pair(title)
   epochs = curves['epoch']
   for split, color in (('train', 'tab:blue'), ('test', 'tab:orange')):
     for ax, metric in ((acc_ax, f'{split}_accuracy'), (loss_ax, f'{split}_loss')):
       values = curves[metric]
-      for run in values:
-        ax.plot(epochs, run, color=color, alpha=0.15, linewidth=0.7)
+      # One collection for all the runs: a Line2D each takes ~20 s at 1,000 runs.
+      ax.add_collection(LineCollection([np.column_stack([epochs, run]) for run in values],
+                                       colors=color, alpha=0.15, linewidths=0.7))
       mean, low, high = mean_ci(values)
       if ax is loss_ax:
         # A log axis cannot show a band reaching zero or below: cut it at the
@@ -71,8 +73,10 @@ def plot_band(curves: Mapping[str, np.ndarray], path: str, title: str) -> None:
       ax.fill_between(epochs, low, high, color=color, alpha=0.3, label=f'{split} 95% CI')
   low_acc = min(np.min(curves['test_accuracy']), np.min(curves['train_accuracy']))
   acc_ax.set_ylim(max(0.0, low_acc - 0.01), 1.0005)
-  for ax in (acc_ax, loss_ax):
-    ax.legend(fontsize=8)
+  loss_ax.autoscale_view()  # collections do not rescale the axes by themselves
+  # A fixed corner: 'best' searches every line of every run, slow with many runs.
+  acc_ax.legend(fontsize=8, loc='lower right')
+  loss_ax.legend(fontsize=8, loc='upper right')
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
