@@ -17,16 +17,30 @@ How often (`SavePolicy`): every N epochs when asked (`--checkpoint_every=N`),
 else ('auto') whenever the time since the last save has reached COST_FACTOR
 times what saves cost here, so checkpoints take at most ~1/COST_FACTOR of the
 run, at any number of seeds.
+
+Failures: orbax raises a failed write (a full disk) from its background threads,
+at the next call, as its own exception; `ChunkCheckpoints` turns every such
+error into the OSError it stands for (ENOSPC ...), and keeps orbax's own logging
+and its threads' leftover tracebacks off the console, so the entry point reports
+one line. A resume verifies the newest checkpoint by restoring it, and falls back
+to the newest intact one if it is damaged (deleting the damaged newer ones).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import logging
 import os
+import re
+import sys
 import time
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 import jax
+
+from mlp_jax.workdir import WorkdirError
 
 # Auto policy: at least this many times a save's cost between two saves (2%).
 COST_FACTOR = 50
@@ -38,7 +52,103 @@ ASSUMED_BYTES_PER_SECOND = 150e6
 def _orbax():
   # Imported on first use: keeps `import mlp_jax` and --checkpoint_every=0 light.
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  _quiet_orbax()
   return ocp
+
+
+def _from_orbax(text: str) -> bool:
+  return f'{os.sep}orbax{os.sep}' in text or 'tensorstore' in text
+
+
+class _OrbaxLogFilter(logging.Filter):
+  """Drops orbax's own log records: its errors reach us as exceptions (see _os_errors),
+  and each failed write would otherwise print several tracebacks from its threads."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not _from_orbax(record.pathname)
+
+
+def _quiet_orbax() -> None:
+  """Installs (once) the log filter and an unraisable-exception hook that drops what
+  orbax's threads leave behind after a failed write (asyncio's "Event loop is
+  closed", coroutines never awaited); anything else goes to the previous hook."""
+  if getattr(sys.unraisablehook, 'mlp_jax_quiet_orbax', False):
+    return
+  logging.getLogger('absl').addFilter(_OrbaxLogFilter())
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    where = ''.join(
+        f'{frame.f_code.co_filename}\n' for frame, _ in _walk(unraisable.exc_traceback))
+    if (_from_orbax(where) or _from_orbax(repr(unraisable.object)) or
+        'Event loop is closed' in str(unraisable.exc_value)):
+      return
+    previous(unraisable)
+
+  hook.mlp_jax_quiet_orbax = True
+  sys.unraisablehook = hook
+
+
+def _walk(tb):
+  while tb is not None:
+    yield tb.tb_frame, tb.tb_lineno
+    tb = tb.tb_next
+
+
+def os_error_of(error: BaseException) -> Optional[OSError]:
+  """The OSError an orbax/TensorStore error stands for (its errno from the message:
+  "... No space left on device [os_error_code='28']"), or None if it is none."""
+  if isinstance(error, OSError):
+    return error
+  text = str(error)
+  code = re.search(r"os_error_code='?(\d+)", text)
+  if code:
+    number = int(code.group(1))
+  elif 'No space left' in text or 'RESOURCE_EXHAUSTED' in text:
+    number = errno.ENOSPC
+  elif 'PERMISSION_DENIED' in text or 'Permission denied' in text:
+    number = errno.EACCES
+  else:
+    return None
+  return OSError(number, os.strerror(number))
+
+
+@contextlib.contextmanager
+def _os_errors() -> Iterator[None]:
+  """Re-raises an orbax write failure as the OSError it stands for, without its
+  chain (whose traceback is orbax's threads', not the user's)."""
+  try:
+    yield
+  except Exception as e:  # orbax raises ValueError, RuntimeError, ... for I/O failures
+    os_error = os_error_of(e)
+    if os_error is None or os_error is e:
+      raise
+    raise os_error from None
+
+
+def _first_line(error: BaseException, limit: int = 120) -> str:
+  text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+  return text if len(text) <= limit else f'{text[:limit - 3]}...'
+
+
+def checkpointed_seeds(directory: str) -> Optional[Tuple[List[int], int]]:
+  """(the row seeds, the newest epoch) of the chunk checkpointed in `directory`, or
+  None if it holds no readable checkpoint; reads only the small seeds item."""
+  if not os.path.isdir(directory):
+    return None
+  ocp = _orbax()
+  manager = ocp.CheckpointManager(os.path.abspath(directory),
+                                  options=ocp.CheckpointManagerOptions(create=False))
+  try:
+    for step in sorted(manager.all_steps(), reverse=True):
+      try:
+        seeds = manager.restore(step, args=ocp.args.Composite(seeds=ocp.args.JsonRestore()))
+        return [int(s) for s in seeds['seeds']], step
+      except Exception:  # pylint: disable=broad-except
+        continue  # a damaged step: an older one may still name the seeds
+    return None
+  finally:
+    manager.close()
 
 
 @dataclasses.dataclass
@@ -89,21 +199,52 @@ class ChunkCheckpoints:
     self.policy = policy
     if policy.every is None:
       policy.save_seconds = nbytes / ASSUMED_BYTES_PER_SECOND
+    self.directory = directory
     self.blocking_seconds = 0.0  # the time saves held up training
     self._in_flight = False
-    self._manager = ocp.CheckpointManager(
-        os.path.abspath(directory),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                             enable_async_checkpointing=True))
+    self._failed = False  # a save failed: close() then only tidies up
+    with _os_errors():
+      self._manager = ocp.CheckpointManager(
+          os.path.abspath(directory),
+          options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                               enable_async_checkpointing=True))
 
-  def latest_epoch(self) -> Optional[int]:
-    """The newest complete checkpoint's epoch, if it holds this chunk's seeds."""
-    latest = self._manager.latest_step()
-    if latest is None:
-      return None
+  def restore_latest(self, like: Any) -> Tuple[int, Any, List[str]]:
+    """(epoch, tree, notes): the newest intact checkpoint of this chunk's seeds,
+    restored like `restore`; (0, None, notes) if there is none to resume from.
+
+    Restoring verifies: a damaged newer checkpoint (truncated or garbled files) is
+    skipped, noted ('checkpoint of epoch 5 in DIR is damaged (...)') and deleted,
+    so that this epoch can be saved again.
+
+    Raises:
+      WorkdirError: checkpoints exist but none is intact (naming the directory).
+    """
     ocp = _orbax()
-    stored = self._manager.restore(latest, args=ocp.args.Composite(seeds=ocp.args.JsonRestore()))
-    return latest if stored['seeds'] == self.seeds else None
+    steps = sorted(self._manager.all_steps(), reverse=True)
+    damaged: List[Tuple[int, str]] = []
+    for step in steps:
+      try:
+        stored = self._manager.restore(step, args=ocp.args.Composite(
+            seeds=ocp.args.JsonRestore()))
+        if [int(s) for s in stored['seeds']] != self.seeds:
+          return 0, None, []  # another chunk's checkpoints: not ours to resume
+        tree = self.restore(step, like)
+      except Exception as e:  # pylint: disable=broad-except
+        # Orbax and TensorStore raise many types for unreadable files.
+        damaged.append((step, _first_line(e)))
+        continue
+      notes = [f'mlp_jax: the checkpoint of epoch {d} in {self.directory} is damaged '
+               f'({reason}); resuming from the one of epoch {step}' for d, reason in damaged]
+      with _os_errors():
+        for d, _ in damaged:
+          self._manager.delete(d)
+      return step, tree, notes
+    if damaged:
+      step, reason = damaged[0]
+      raise WorkdirError(f'{self.directory}: no intact checkpoint (the newest, of epoch '
+                         f'{step}: {reason}); use --overwrite to start over')
+    return 0, None, []
 
   def wants(self, epoch: int, last_epoch: int) -> bool:
     self._note_finished()
@@ -118,8 +259,9 @@ class ChunkCheckpoints:
     tick = time.perf_counter()
     self._wait()  # one save at a time
     self.policy.started()
-    self._manager.save(epoch, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(tree), seeds=ocp.args.JsonSave(self.seeds)), force=True)
+    with self._failing():
+      self._manager.save(epoch, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(tree), seeds=ocp.args.JsonSave(self.seeds)), force=True)
     self._in_flight = True
     self.blocking_seconds += time.perf_counter() - tick
 
@@ -134,22 +276,41 @@ class ChunkCheckpoints:
     return jax.tree.unflatten(jax.tree.structure(like), jax.tree.leaves(restored['state']))
 
   def close(self) -> None:
-    """Waits for a save in flight (its time counts as blocking), then closes."""
+    """Waits for a save in flight (its time counts as blocking), then closes; after a
+    failed save, only tidies up (the failure was raised already)."""
     tick = time.perf_counter()
-    self._wait()
-    self._manager.close()
-    self.blocking_seconds += time.perf_counter() - tick
+    try:
+      self._wait()
+      with self._failing():
+        self._manager.close()
+    except Exception:  # pylint: disable=broad-except
+      if not self._failed:
+        raise
+    finally:
+      self.blocking_seconds += time.perf_counter() - tick
+
+  @contextlib.contextmanager
+  def _failing(self) -> Iterator[None]:
+    """_os_errors, remembering that a save failed."""
+    try:
+      with _os_errors():
+        yield
+    except Exception:
+      self._failed = True
+      raise
 
   def _note_finished(self) -> None:
     if self._in_flight and not self._manager.is_saving_in_progress():
-      self._manager.check_for_errors()
       self._in_flight = False
+      with self._failing():
+        self._manager.check_for_errors()
       self.policy.finished()
 
   def _wait(self) -> None:
     if self._in_flight:
-      self._manager.wait_until_finished()
       self._in_flight = False
+      with self._failing():
+        self._manager.wait_until_finished()
       self.policy.finished()
 
 
@@ -159,8 +320,9 @@ class NoCheckpoints:
   seeds: Tuple[int, ...] = ()
   blocking_seconds = 0.0
 
-  def latest_epoch(self) -> Optional[int]:
-    return None
+  def restore_latest(self, like: Any) -> Tuple[int, Any, List[str]]:
+    del like
+    return 0, None, []
 
   def wants(self, epoch: int, last_epoch: int) -> bool:
     del epoch, last_epoch

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
 from typing import Callable, Sequence
 
@@ -63,5 +64,11 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
     except Interrupted as e:
       print(str(e), file=sys.stderr)
       _exit(e.exit_code, every_process_stops=True)
+    except KeyboardInterrupt:
+      # Ctrl-C outside the training loop (start-up, final writes): every record is
+      # whole (written atomically), so the same command picks up from there.
+      print('mlp_jax: stopped by SIGINT; run the same command again to resume',
+            file=sys.stderr)
+      _exit(128 + signal.SIGINT)
 
   app.run(guarded, flags_parser=parse_flags)

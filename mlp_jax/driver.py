@@ -22,19 +22,20 @@ import dataclasses
 import math
 import signal
 import time
-from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import (Any, Callable, Dict, FrozenSet, Iterator, List, NamedTuple, Optional,
+                    Sequence, Tuple)
 
 import jax
 import numpy as np
 
 from mlp_jax import environment, records
-from mlp_jax.checkpoints import ChunkCheckpoints, NoCheckpoints, SavePolicy
+from mlp_jax.checkpoints import ChunkCheckpoints, NoCheckpoints, SavePolicy, checkpointed_seeds
 from mlp_jax.config import TrainConfig
 from mlp_jax.data import Dataset
 from mlp_jax.errors import Interrupted, UsageError
 from mlp_jax.mesh import SeedMesh
 from mlp_jax.progress import Progress
-from mlp_jax.sink import RecordSink, accuracies, log_epoch, new_log
+from mlp_jax.sink import LOG_COLUMNS, RecordSink, accuracies, log_epoch, new_log
 from mlp_jax.train import RunState, make_trainer, map_over_seeds, seed_keys
 from mlp_jax.workdir import StopRequests, WorkdirError, describe_os_error
 
@@ -42,6 +43,8 @@ from mlp_jax.workdir import StopRequests, WorkdirError, describe_os_error
 MEMORY_SHARE = 0.8
 # Seeds per device of the program whose memory is measured to size chunks.
 PROBE_SEEDS = 8
+# The metrics log's loss columns: a non-finite one marks a diverged seed.
+LOSS_COLUMNS = [LOG_COLUMNS.index('train_loss'), LOG_COLUMNS.index('test_loss')]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,10 +56,21 @@ class Member:
 
 @dataclasses.dataclass(frozen=True)
 class Chunk:
-  """Seeds trained together: `members` on the first rows of `size` (padded) rows."""
+  """Seeds trained together: `members` on the first rows of `size` (padded) rows.
+
+  `complete`: seeds of `members` whose records are already complete (a chunk
+  resumed from its checkpoint after some of its seeds were finished): trained
+  along, as their rows are in the checkpoint, but their records are not touched.
+  """
   members: Tuple[Member, ...]
   size: int
   checkpoint_dir: str
+  complete: FrozenSet[int] = frozenset()
+
+  @property
+  def todo(self) -> List[Member]:
+    """The members whose records this chunk writes."""
+    return [m for m in self.members if m.config.seed not in self.complete]
 
   @property
   def row_configs(self) -> List[TrainConfig]:
@@ -240,6 +254,34 @@ def plan_chunks(members: Sequence[Member], chunk_size: int, unit: int,
   return chunks
 
 
+def resumable_chunks(members: Sequence[Member], todo: Sequence[Member],
+                     saved_dirs: Sequence[str], unit: int) -> List[Chunk]:
+  """Chunks that continue the checkpoints in `saved_dirs` (a sweep's chunk directories,
+  from any earlier chunking) holding a seed of `todo`, each as it was saved (its
+  seeds, its padded size), so that an unfinished seed resumes from its checkpoint
+  whatever --chunk_size is now. The furthest checkpoint wins a seed saved twice; a
+  chunk that cannot be laid out on these devices (size not a multiple of `unit`)
+  is left out, its seeds planned afresh."""
+  by_seed = {m.config.seed: m for m in members}
+  wanted = {m.config.seed for m in todo}
+  found = []
+  for directory in saved_dirs:
+    stored = checkpointed_seeds(directory)
+    if stored is not None:
+      found.append((stored[1], directory, stored[0]))
+  chunks: List[Chunk] = []
+  claimed = set()
+  for _, directory, rows in sorted(found, reverse=True):
+    seeds = list(dict.fromkeys(rows))  # padding rows repeat the first seed
+    if (rows != seeds + [seeds[0]] * (len(rows) - len(seeds)) or len(rows) % unit or
+        not set(seeds) <= set(by_seed) or not set(seeds) & wanted or set(seeds) & claimed):
+      continue
+    claimed.update(seeds)
+    chunks.append(Chunk(tuple(by_seed[s] for s in seeds), len(rows), directory,
+                        frozenset(set(seeds) - wanted)))
+  return chunks
+
+
 @dataclasses.dataclass
 class Context:
   """What every chunk of a process shares: devices, data, compiled programs."""
@@ -274,13 +316,25 @@ class Context:
     return states, metrics, train_seconds, time.perf_counter() - tick
 
 
-def agree(stop: bool, save: bool) -> Tuple[bool, bool]:
-  """(stop, save), each true if true on any process: processes stop and save together."""
+def agree(*flags: bool) -> Tuple[bool, ...]:
+  """Each flag true if true on any process: processes stop and save together."""
   if jax.process_count() == 1:
-    return stop, save
+    return flags
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  flags = multihost_utils.process_allgather(np.array([stop, save], np.int32))
-  return bool(np.any(flags[..., 0])), bool(np.any(flags[..., 1]))
+  gathered = multihost_utils.process_allgather(np.array(flags, np.int32))
+  return tuple(bool(np.any(gathered[..., i])) for i in range(len(flags)))
+
+
+class Diverged(UsageError):
+  """A seed's loss became non-finite and --stop_on_divergence asked to stop."""
+
+
+def first_diverged(log: np.ndarray, rows: Sequence[int], epoch: int) -> List[Optional[int]]:
+  """For each of `rows`, the first of epochs 1..`epoch` of the metrics log with a
+  non-finite loss (None: none)."""
+  losses = log[np.asarray(rows, dtype=int)][:, :epoch][..., LOSS_COLUMNS]
+  bad = ~np.isfinite(losses).all(axis=-1)
+  return [int(np.argmax(b)) + 1 if b.any() else None for b in bad]
 
 
 def sync_processes(name: str) -> None:
@@ -300,21 +354,30 @@ class DriverOptions:
       (mlp_jax.checkpoints.SavePolicy); 0: no checkpoints.
     keep_checkpoints: how many of the newest checkpoints each chunk keeps.
     tensorboard: write each seed's TensorBoard events.
+    stop_on_divergence: stop (raising Diverged) once a seed's loss is not finite;
+      else each diverged seed is named once and trains on.
   """
   chunk_size: int
   checkpoint_every: Optional[int]
   keep_checkpoints: int
   tensorboard: bool
+  stop_on_divergence: bool = False
 
 
 def train_members(members: Sequence[Member], ctx: Context, options: DriverOptions,
                   checkpoint_dir: Callable[[Sequence[int]], str], reporter: Reporter,
-                  progress: Progress, timing: DriverTiming, started: float) -> None:
+                  progress: Progress, timing: DriverTiming, started: float,
+                  saved_dirs: Sequence[str] = ()) -> None:
   """Trains every incomplete member to its last epoch, chunk by chunk.
+
+  `saved_dirs`: existing chunk checkpoint directories (a sweep's); an incomplete
+  seed checkpointed in one resumes there, with the chunk it was saved in
+  (resumable_chunks); the others are planned in chunks of options.chunk_size.
 
   Raises:
     Interrupted: SIGTERM or SIGINT arrived (to any process); the chunk was
       checkpointed (unless checkpoints are off).
+    Diverged: a seed diverged and options.stop_on_divergence.
     OSError: a record could not be written; what was written before is intact.
   """
   epochs = members[0].config.epochs
@@ -322,8 +385,12 @@ def train_members(members: Sequence[Member], ctx: Context, options: DriverOption
   done = (len(members) - len(todo)) * epochs
   progress.set_done(done)
   unit = members[0].config.vmap_width * ctx.mesh.size
+  chunks = resumable_chunks(members, todo, saved_dirs, unit) if todo else []
+  resumed = {m.config.seed for c in chunks for m in c.members}
+  chunks += plan_chunks([m for m in todo if m.config.seed not in resumed], options.chunk_size,
+                        unit, checkpoint_dir)
   with StopRequests() as stop:
-    for chunk in plan_chunks(todo, options.chunk_size, unit, checkpoint_dir):
+    for chunk in chunks:
       train_chunk(chunk, ctx, options, stop, reporter, progress, timing, started)
 
 
@@ -335,8 +402,11 @@ def train_chunk(chunk: Chunk, ctx: Context, options: DriverOptions, stop: StopRe
   configs = chunk.row_configs
   epochs = configs[0].epochs
   local = ctx.mesh.local_rows(chunk.size)      # rows on this process's devices
-  mine = [i for i, r in enumerate(local) if r < len(chunk.members)]  # ... holding a seed
+  todo = chunk.todo
+  mine = [i for i, r in enumerate(local)       # ... holding a seed whose records are due
+          if r < len(chunk.members) and chunk.members[r] in todo]
   members = [chunk.members[local[i]] for i in mine]
+  diverged: Dict[int, int] = {}                # seed -> the first epoch of non-finite loss
   states = ctx.programs.initial_states(configs)
   timing.compile_seconds = ctx.programs.compile_seconds
   log = new_log(chunk.size, epochs)
@@ -344,15 +414,19 @@ def train_chunk(chunk: Chunk, ctx: Context, options: DriverOptions, stop: StopRe
   sink = RecordSink([m.run_dir for m in members], *ctx.examples,
                     tensorboard=options.tensorboard)
   try:
-    epoch = checkpoints.latest_epoch() or 0
+    epoch, restored, notes = checkpoints.restore_latest(
+        {'state': states, 'log': ctx.mesh.put_seeds(log)})
+    for note in notes:
+      progress.line(note)
     if epoch:
-      restored = checkpoints.restore(epoch, {'state': states, 'log': ctx.mesh.put_seeds(log)})
       states = restored['state']
       log[local] = ctx.mesh.local_rows_of(restored['log'])
-      progress.line(f'mlp_jax: resumed {len(chunk.members)} seed(s) from their checkpoint '
+      progress.line(f'mlp_jax: resumed {len(todo)} seed(s) from their checkpoint '
                     f'after epoch {epoch}')
+      note_divergence(diverged, members, first_diverged(log, [local[i] for i in mine], epoch),
+                      progress)
     sink.begin(log, [local[i] for i in mine], epoch)
-    progress.add_done(epoch * len(chunk.members))
+    progress.add_done(epoch * len(todo))
     while epoch < epochs:
       if timing.startup_seconds is None:
         timing.startup_seconds = time.perf_counter() - started
@@ -360,13 +434,18 @@ def train_chunk(chunk: Chunk, ctx: Context, options: DriverOptions, stop: StopRe
       epoch += 1
       timing.train_seconds += train_seconds
       timing.eval_seconds += eval_seconds
-      timing.seed_epochs += len(chunk.members)
+      timing.seed_epochs += len(todo)
       metrics.update(epoch_seconds=np.full(len(local), train_seconds, np.float32),
                      eval_seconds=np.full(len(local), eval_seconds, np.float32))
       log_epoch(log, local, epoch, metrics)
       metrics = {name: values[mine] for name, values in metrics.items()}
       sink.write(epoch, metrics)
-      stopping, save = agree(stop.requested is not None, checkpoints.wants(epoch, epochs))
+      finite = np.isfinite(metrics['train_loss']) & np.isfinite(metrics['test_loss'])
+      note_divergence(diverged, members, [None if f else epoch for f in finite], progress)
+      stopping, save, diverging = agree(stop.requested is not None,
+                                        checkpoints.wants(epoch, epochs), bool(diverged))
+      if diverging and options.stop_on_divergence:
+        raise Diverged(divergence_message(diverged, epoch))
       if save or stopping:
         checkpoints.save(epoch, {'state': states, 'log': ctx.mesh.put_seeds(log)})
       if timing.first_epoch_done_seconds is None:
@@ -374,7 +453,7 @@ def train_chunk(chunk: Chunk, ctx: Context, options: DriverOptions, stop: StopRe
       if members:
         progress.advance(reporter(EpochReport(
             [m.config for m in members], epoch, accuracies(metrics, *ctx.examples),
-            train_seconds, eval_seconds)), len(chunk.members))
+            train_seconds, eval_seconds)), len(todo))
       if stopping:
         raise Interrupted(stop_message(stop.requested, epoch, options.checkpoint_every != 0),
                           stop.requested or signal.SIGTERM)
@@ -398,6 +477,29 @@ def open_checkpoints(chunk: Chunk, options: DriverOptions, states: RunState):
   return ChunkCheckpoints(chunk.checkpoint_dir, [c.seed for c in chunk.row_configs],
                           options.keep_checkpoints, SavePolicy(options.checkpoint_every),
                           nbytes)
+
+
+def note_divergence(diverged: Dict[int, int], members: Sequence[Member],
+                    epochs: Sequence[Optional[int]], progress: Progress) -> None:
+  """Records (and says, once per seed) that members[i] diverged at epochs[i]."""
+  for member, epoch in zip(members, epochs):
+    seed = member.config.seed
+    if epoch is not None and seed not in diverged:
+      diverged[seed] = epoch
+      progress.line(f'mlp_jax: seed {seed} diverged at epoch {epoch} (non-finite loss); '
+                    'its later numbers are not meaningful (--stop_on_divergence stops '
+                    'the run)')
+
+
+def divergence_message(diverged: Dict[int, int], epoch: int) -> str:
+  seeds = sorted(diverged)
+  if not seeds:
+    return (f'a seed of another process diverged (non-finite loss); stopped after epoch '
+            f'{epoch} as --stop_on_divergence asks, the records so far are kept')
+  named = ', '.join(f'{s} at epoch {diverged[s]}' for s in seeds[:5])
+  more = f' and {len(seeds) - 5} more' if len(seeds) > 5 else ''
+  return (f'seed {named}{more} diverged (non-finite loss); stopped after epoch {epoch} '
+          'as --stop_on_divergence asks, the records so far are kept')
 
 
 def stop_message(signum: Optional[signal.Signals], epoch: int, checkpointed: bool) -> str:

@@ -84,6 +84,9 @@ def define_run_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                     'any process; --nodeterministic may be faster. Recorded in environment.json '
                     '(xla_flags); no effect on a CPU, which is deterministic anyway.',
                     flag_values=flag_values)
+  flags.DEFINE_bool('stop_on_divergence', False, 'Stop (exit 2, records kept) once a seed\'s '
+                    'loss is not finite; without it a diverged seed is named once and trains on.',
+                    flag_values=flag_values)
   flags.DEFINE_bool('overwrite', False, 'Start over in a workdir that holds a run with '
                     'other settings (its records and checkpoints are deleted).',
                     flag_values=flag_values)
@@ -126,6 +129,7 @@ def run_options_from_flags(flag_values: flags.FlagValues = flags.FLAGS,
       keep_checkpoints=f.keep_checkpoints, overwrite=f.overwrite,
       chunk_size=_auto_or_int('chunk_size', f.chunk_size, 1),
       vmap_width=_auto_or_int('vmap_width', f.vmap_width, 1), tensorboard=f.tensorboard,
+      stop_on_divergence=f.stop_on_divergence,
       **entry_point_options).validate()
 
 

@@ -64,6 +64,8 @@ METRIC_COLUMNS = ('train_loss', 'train_accuracy', 'test_loss', 'test_accuracy')
 TIMING_SUFFIX = '_seconds'
 TIMING_COLUMNS = ('epoch_seconds', 'eval_seconds')
 HISTORY_COLUMNS = (EPOCH_COLUMN,) + METRIC_COLUMNS + TIMING_COLUMNS
+# final.csv's column naming the first epoch with a non-finite loss (empty: none).
+DIVERGED_COLUMN = 'diverged_at_epoch'
 
 # What a run and a sweep write at their top level, removed by --overwrite (nothing else).
 RUN_ENTRIES = (CONFIG_FILE, ENVIRONMENT_FILE, HISTORY_FILE, PARAMS_FILE, TIMING_FILE,
@@ -92,8 +94,17 @@ def is_run(path: str) -> bool:
 
 
 def is_complete(run_dir: str) -> bool:
-  """A run is complete once its trained parameters are written (the last record)."""
-  return os.path.exists(os.path.join(run_dir, PARAMS_FILE))
+  """A run is complete once its trained parameters are written (the last record) and
+  read back whole: a damaged params.msgpack (a truncated copy, a bad disk) makes
+  the run incomplete, so it is finished again from its checkpoint."""
+  path = os.path.join(run_dir, PARAMS_FILE)
+  if not os.path.exists(path):
+    return False
+  try:
+    load_params(path)
+  except UsageError:
+    return False
+  return True
 
 
 # ----------------------------------------------------------------------------- writing
@@ -288,6 +299,13 @@ def read_curves(run_dirs: Sequence[str]) -> Dict[str, np.ndarray]:
   curves = {m: np.stack([h.column(m) for h in histories]) for m in METRIC_COLUMNS}
   curves['epoch'] = np.array(sorted(histories[0].rows))
   return curves
+
+
+def diverged_epochs(curves: Mapping[str, np.ndarray]) -> List[Any]:
+  """For each run of `curves` (read_curves), the first epoch whose train or test loss
+  is not finite (the run diverged), or None."""
+  bad = ~(np.isfinite(curves['train_loss']) & np.isfinite(curves['test_loss']))
+  return [int(curves['epoch'][np.argmax(row)]) if row.any() else None for row in bad]
 
 
 def load_params(path: str) -> Dict[str, Any]:

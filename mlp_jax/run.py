@@ -58,6 +58,8 @@ class RunOptions:
       memory), on a CPU 1.
     tensorboard: write TensorBoard events (per seed; a sweep's mean too).
     seed_curves: draw each seed's curves.png in a sweep (a single run always does).
+    stop_on_divergence: stop once a seed's loss is not finite (exit 2, records
+      kept); else each diverged seed is named once and the run goes on.
   """
   checkpoint_every: Optional[int] = None
   keep_checkpoints: int = 3
@@ -66,6 +68,7 @@ class RunOptions:
   vmap_width: Optional[int] = None
   tensorboard: bool = True
   seed_curves: bool = False
+  stop_on_divergence: bool = False
 
   def validate(self) -> 'RunOptions':
     if self.checkpoint_every is not None and self.checkpoint_every < 0:
@@ -144,6 +147,15 @@ class Layout:
   @property
   def settings_file(self) -> str:
     return os.path.join(self.workdir, records.SWEEP_FILE if self.sweep else records.CONFIG_FILE)
+
+  def saved_checkpoint_dirs(self) -> List[str]:
+    """A sweep's existing chunk checkpoint directories, whatever chunking made them
+    (a single run has one, found by checkpoint_dir)."""
+    root = os.path.join(self.workdir, records.CHECKPOINT_DIR)
+    if not self.sweep or not os.path.isdir(root):
+      return []
+    return [os.path.join(root, name) for name in sorted(os.listdir(root))
+            if os.path.isdir(os.path.join(root, name))]
 
   def refuse_the_other_layout(self) -> None:
     """A run's workdir is never used for a sweep, nor a sweep's for a run."""
@@ -228,6 +240,8 @@ def prepare_run_dirs(members: Sequence[Member], env: Dict[str, Any], overwrite: 
     os.makedirs(member.run_dir, exist_ok=True)
     if not os.path.exists(config_path):
       records.write_bytes_atomic(config_path, member.config.to_json().encode())
+    # Checked apart from config.json: a full disk may have come between the two.
+    if not os.path.exists(os.path.join(member.run_dir, records.ENVIRONMENT_FILE)):
       records.write_json(os.path.join(member.run_dir, records.ENVIRONMENT_FILE), env)
 
 
@@ -248,6 +262,7 @@ def prepare_sweep_dir(layout: Layout, settings: Dict[str, Any], seeds: Sequence[
         os.path.basename(records.seed_dir(layout.workdir, s)) for s in dropped)])
   if not os.path.exists(path):
     records.write_json(path, settings)
+  if not os.path.exists(os.path.join(layout.workdir, records.ENVIRONMENT_FILE)):
     records.write_json(os.path.join(layout.workdir, records.ENVIRONMENT_FILE), env)
 
 
@@ -287,20 +302,20 @@ def train(config: TrainConfig, seeds: Sequence[int], layout: Layout, options: Ru
       width = f' (vmap width {config.vmap_width})' if config.vmap_width > 1 else ''
       print(f'mlp_jax: run in {layout.workdir}{width}', flush=True)
     progress = Progress(len(seeds) * config.epochs, unit='seed-epochs' if layout.sweep
-                        else 'epochs', bar=sys.stderr)
+                        else 'epochs', out=sys.stdout, bar=sys.stderr)
     try:
       if not all(records.is_complete(m.run_dir) for m in members):
         ctx = Context.create(config, dataset)
         driver_options = DriverOptions(resolve_chunk_size(config, options, ctx),
                                        options.checkpoint_every, options.keep_checkpoints,
-                                       options.tensorboard)
+                                       options.tensorboard, options.stop_on_divergence)
         if layout.sweep:
           print(f'sweep: {len(seeds)} seeds x {config.epochs} epochs, vmap width '
                 f'{config.vmap_width}, chunks of {driver_options.chunk_size} over '
                 f'{jax.device_count()} device(s) in {jax.process_count()} process(es); '
                 f'writing to {layout.workdir}', flush=True)
         train_members(members, ctx, driver_options, layout.checkpoint_dir, reporter, progress,
-                      timing, started)
+                      timing, started, layout.saved_checkpoint_dirs())
     finally:
       progress.close()
     sync_processes('mlp_jax: all seeds trained')
@@ -339,8 +354,10 @@ def write_summaries(workdir: str, config: TrainConfig, seeds: Sequence[int],
   # Imported here: scipy and matplotlib take a second of a single run's start-up.
   from mlp_jax import plots, stats  # pylint: disable=g-import-not-at-top
   records.write_csv(os.path.join(workdir, records.SUMMARY_FILE), stats.summary_rows(curves))
-  records.write_csv(os.path.join(workdir, records.FINAL_FILE),
-                    stats.final_rows(list(seeds), curves['test_accuracy']))
+  final = stats.final_rows(list(seeds), curves['test_accuracy'])
+  for row, epoch in zip(final, records.diverged_epochs(curves)):
+    row[records.DIVERGED_COLUMN] = '' if epoch is None else str(epoch)
+  records.write_csv(os.path.join(workdir, records.FINAL_FILE), final)
   plots.plot_band(curves, os.path.join(workdir, records.CURVES_FILE),
                   f'{models.describe(config)}, {len(seeds)} seeds: mean final test accuracy '
                   f'{curves["test_accuracy"][:, -1].mean():.4f}')
@@ -402,7 +419,9 @@ def train_and_evaluate(config: TrainConfig, workdir: Optional[str] = None,
   final = records.final_row(workdir)
   if outcome is not None and outcome.trained:
     timing = outcome.timing
-    print(f'mlp_jax: final test accuracy {float(final["test_accuracy"]):.4f} after '
+    diverged = records.diverged_epochs(records.read_curves([workdir]))[0]
+    warning = '' if diverged is None else f' (diverged at epoch {diverged})'
+    print(f'mlp_jax: final test accuracy {float(final["test_accuracy"]):.4f}{warning} after '
           f'{config.epochs} epochs; start-up {timing.startup_seconds:.1f}s, total '
           f'{timing.total_seconds:.1f}s; records in {workdir}', flush=True)
   else:
