@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from conftest import REPO, read, without_timing
@@ -27,53 +28,110 @@ def test_an_option_named_in_xla_flags_is_left_to_xla_flags(monkeypatch):
   assert environment.compiler_options('cpu') == {'xla_cpu_prefer_vector_width': 512}
 
 
-def test_runs_compile_with_the_options_and_record_them(tmp_path, run_module):
-  """A batch-norm run's bits depend on the vector width: the CLI really uses the option.
+def _has_512_bit_vectors():
+  try:
+    with open('/proc/cpuinfo') as f:
+      return any(line.startswith('flags') and ' avx512f' in line for line in f)
+  except OSError:
+    return False
 
-  (The plain MLP computes the same bits at either width, so it could not tell.)
+
+def test_the_programs_are_compiled_with_the_options(monkeypatch, mnist):
+  """An option XLA does not know fails the compile: the training and evaluation
+  programs are compiled with `compiler_options()`, whatever the CPU."""
+  from mlp_jax import driver  # pylint: disable=g-import-not-at-top
+  from mlp_jax.config import TrainConfig  # pylint: disable=g-import-not-at-top
+  monkeypatch.delenv('XLA_FLAGS', raising=False)
+  monkeypatch.setattr(environment, 'CPU_COMPILER_OPTIONS', {'xla_cpu_no_such_option': 1})
+  with pytest.raises(Exception, match='xla_cpu_no_such_option'):
+    driver.Context.create(TrainConfig(epochs=1), mnist).programs.get(1)
+
+
+def test_runs_compile_with_the_options_and_record_them(tmp_path, run_module):
+  """environment.json records the options; what the vector width does to the bits
+  depends on the CPU.
+
+  With 512-bit vectors (AVX-512) and jax 0.10, a batch-norm run's last bits change
+  with the width (the plain MLP's do not). Without AVX-512, LLVM has no 512-bit
+  registers to prefer: the option is a no-op, same bits with jax 0.10.2 and 0.12
+  (measured on an AMD EPYC without AVX-512). Not measured: AVX-512 with jax 0.12.
   """
   runs = {}
   for name, env in (('default', {'XLA_FLAGS': ''}),
                     ('width256', {'XLA_FLAGS': '--xla_cpu_prefer_vector_width=256'})):
     workdir = str(tmp_path / name)
-    result = run_module('mlp_jax.main', '--epochs=1', '--batch_norm', f'--workdir={workdir}',
-                        env=env)
+    result = run_module('mlp_jax.main', '--epochs=1', '--batch_norm', '--checkpoint_every=0',
+                        '--notensorboard', f'--workdir={workdir}', env=env)
     assert result.returncode == 0, result.stderr
     runs[name] = workdir
   recorded = {name: json.loads(read(os.path.join(w, 'environment.json')))
               for name, w in runs.items()}
   assert recorded['default']['compiler_options'] == {'xla_cpu_prefer_vector_width': 512}
   assert recorded['width256']['compiler_options'] == {}
-  assert recorded['width256']['xla_flags'] == '--xla_cpu_prefer_vector_width=256'
+  assert recorded['width256']['xla_flags'].startswith('--xla_cpu_prefer_vector_width=256')
   params = {name: hashlib.sha256(read(os.path.join(w, 'params.msgpack'), 'rb')).hexdigest()
             for name, w in runs.items()}
-  assert params['default'] != params['width256']
+  if not _has_512_bit_vectors():
+    assert params['default'] == params['width256']
+  elif jax.__version__.startswith('0.10.'):
+    assert params['default'] != params['width256']
+
+
+def test_the_intra_op_thread_pool_has_a_fixed_size(tmp_path):
+  """Importing mlp_jax.environment sets $PJRT_NPROC before JAX's CPU client starts,
+  unless the user set it; too late (a client already running), it records None."""
+  code = ('import os, sys, json; {before}from mlp_jax import environment; import jax; '
+          'jax.devices(); print(json.dumps([os.environ.get("PJRT_NPROC"), '
+          'environment.intra_op_threads()]))')
+  env = {k: v for k, v in os.environ.items() if k not in ('PJRT_NPROC', 'XLA_FLAGS')}
+
+  def child(before='', **extra):
+    result = subprocess.run([sys.executable, '-c', code.format(before=before)], cwd=REPO,
+                            capture_output=True, text=True, timeout=120, env={**env, **extra})
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.splitlines()[-1])
+
+  assert child() == ['4', {'PJRT_NPROC': '4', 'pool': 4}]
+  assert child(PJRT_NPROC='3') == ['3', {'PJRT_NPROC': '3', 'pool': 3}]
+  # One thread per device at least: XLA sizes the pool max(PJRT_NPROC, devices).
+  assert child(XLA_FLAGS='--xla_force_host_platform_device_count=6') == \
+      ['4', {'PJRT_NPROC': '4', 'pool': 6}]
+  assert child(before='import jax; jax.devices(); ') == [None, {'PJRT_NPROC': None, 'pool': None}]
 
 
 @pytest.mark.skipif(not hasattr(os, 'sched_setaffinity') or len(os.sched_getaffinity(0)) < 2,
                     reason='needs Linux and at least two cores')
-def test_the_bits_do_not_depend_on_the_number_of_cores(tmp_path, cache_dir):
+@pytest.mark.parametrize('flags', [[], ['--batch_norm', '--dropout=0.2']], ids=['mlp', 'bn_dropout'])
+def test_the_bits_do_not_depend_on_the_number_of_cores(tmp_path, cache_dir, flags):
   """Results compare across machines: one core computes what all of them do.
 
-  (Moving the matmuls from YNNPACK to Eigen, 7% faster here, fails this: with
-  `xla_cpu_experimental_ynn_fusion_type=reduce` one core and two disagree.)
+  The weight gradients' matmuls run on Eigen, whose blocking follows the size of
+  XLA:CPU's thread pool (one thread per usable core unless $PJRT_NPROC says): without
+  the fixed pool of `environment.INTRA_OP_THREADS` one core and two disagree on an AMD
+  EPYC without AVX-512, for both configs with jax 0.12 and for the plain MLP with jax
+  0.10. (On AVX-512, moving the other matmuls from YNNPACK to Eigen with
+  `xla_cpu_experimental_ynn_fusion_type=reduce` made them disagree too.)
   """
   # The child pins itself before importing JAX (a preexec_fn would fork this
-  # multithreaded process).
+  # multithreaded process). PJRT_NPROC is not inherited from this process (which
+  # imported mlp_jax.environment): the child's own import must set it.
   pinned_main = ('import os, runpy, sys; os.sched_setaffinity(0, map(int, sys.argv[1].split(","))); '
                  'sys.argv = ["mlp_jax.main", *sys.argv[2:]]; '
                  'runpy.run_module("mlp_jax.main", run_name="__main__", alter_sys=True)')
+  env = {k: v for k, v in os.environ.items() if k != environment.INTRA_OP_THREADS_ENV}
   digests = []
   for cores in (sorted(os.sched_getaffinity(0)), [min(os.sched_getaffinity(0))]):
     workdir = tmp_path / f'cores{len(cores)}'
     result = subprocess.run(
         [sys.executable, '-c', pinned_main, ','.join(map(str, cores)), '--epochs=1',
-         '--batch_norm', '--dropout=0.2', f'--workdir={workdir}'],
+         '--checkpoint_every=0', '--notensorboard', *flags, f'--workdir={workdir}'],
         cwd=REPO, capture_output=True, text=True, timeout=600,
-        env={**os.environ, 'MLP_JAX_COMPILATION_CACHE': cache_dir})
+        env={**env, 'MLP_JAX_COMPILATION_CACHE': cache_dir})
     assert result.returncode == 0, result.stderr
-    env = json.loads(read(workdir / 'environment.json'))
-    assert env['platform']['usable_cores'] == len(cores)
+    recorded = json.loads(read(workdir / 'environment.json'))
+    assert recorded['platform']['usable_cores'] == len(cores)
     digests.append((hashlib.sha256(read(workdir / 'params.msgpack', 'rb')).hexdigest(),
                     without_timing(read(workdir / 'history.csv'))))
   assert digests[0] == digests[1]
+  assert recorded['intra_op_threads'] == {'PJRT_NPROC': str(environment.INTRA_OP_THREADS),
+                                          'pool': environment.INTRA_OP_THREADS}
