@@ -52,7 +52,7 @@ ASSUMED_BYTES_PER_SECOND = 150e6
 def _orbax():
   # Imported on first use: keeps `import mlp_jax` and --checkpoint_every=0 light.
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  _quiet_orbax()
+  quiet_orbax()
   return ocp
 
 
@@ -68,13 +68,15 @@ class _OrbaxLogFilter(logging.Filter):
     return not _from_orbax(record.pathname)
 
 
-def _quiet_orbax() -> None:
+def quiet_orbax() -> None:
   """Installs (once) the log filter and an unraisable-exception hook that drops what
   orbax's threads leave behind after a failed write (asyncio's "Event loop is
   closed", coroutines never awaited); anything else goes to the previous hook."""
+  absl_logger = logging.getLogger('absl')
+  if not any(isinstance(f, _OrbaxLogFilter) for f in absl_logger.filters):
+    absl_logger.addFilter(_OrbaxLogFilter())
   if getattr(sys.unraisablehook, 'mlp_jax_quiet_orbax', False):
     return
-  logging.getLogger('absl').addFilter(_OrbaxLogFilter())
   previous = sys.unraisablehook
 
   def hook(unraisable):

@@ -25,6 +25,10 @@ from mlp_jax.workdir import WorkdirError
 
 CONFIG = TrainConfig(epochs=3, batch_size=128)
 
+# Installed before pytest saves the unraisable-exception hook, as an entry point has it
+# from its first checkpoint on: else orbax's leftovers are printed at exit.
+checkpoints.quiet_orbax()
+
 
 @pytest.fixture(scope='module')
 def tiny(mnist):
