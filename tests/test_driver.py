@@ -184,22 +184,23 @@ train(TrainConfig(epochs=2, seed=9), [9], Layout(os.path.join(root, 'single'), s
 '''
 
 
-def test_a_seed_is_the_same_on_four_devices(subset, tmp_path, cache_dir):
+def test_a_seed_is_the_same_in_any_sweep_on_four_devices(tmp_path, cache_dir):
   """Seed 9 at width 4 on 4 host devices (groups split over devices): in the padded
-  sweep 0-9, in the sweep 8-11 and alone, the same bits as on 1 device."""
+  sweep 0-9, in the sweep 8-11 and alone, the same bits. (Against 1 device it is
+  not: on XLA:CPU a multi-device program computes width > 1 otherwise than a
+  one-device one; README, Seed sweeps. Width 1 agrees across device counts:
+  tests/test_launch.py.)"""
   import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
   from conftest import REPO  # pylint: disable=g-import-not-at-top
   env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
   result = subprocess.run([sys.executable, '-c', _FOUR_DEVICES, str(tmp_path / 'four'), cache_dir],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
-  _train(subset, tmp_path / 'one', [9], sweep=False, vmap_width=4, checkpoint_every=0,
-         config=CONFIG.replace(epochs=2, seed=9))
-  expected = (without_timing(_history(tmp_path / 'one')),
-              read(tmp_path / 'one' / records.PARAMS_FILE, 'rb'))
+  single = str(tmp_path / 'four' / 'single')
+  expected = (without_timing(_history(single)),
+              read(os.path.join(single, records.PARAMS_FILE), 'rb'))
   for run_dir in (records.seed_dir(str(tmp_path / 'four' / '0-9'), 9),
-                  records.seed_dir(str(tmp_path / 'four' / '8-11'), 9),
-                  str(tmp_path / 'four' / 'single')):
+                  records.seed_dir(str(tmp_path / 'four' / '8-11'), 9)):
     assert (without_timing(_history(run_dir)),
             read(os.path.join(run_dir, records.PARAMS_FILE), 'rb')) == expected, run_dir
 
