@@ -521,6 +521,7 @@ NUMERICS_ENVIRONMENT = (('backend', 'backend'), ('device_kind', 'device kind'),
                         ('versions.optax', 'optax version'),
                         ('compiler_options', 'compiler options'),
                         ('xla_flags', 'XLA_FLAGS'),
+                        ('intra_op_threads.pool', 'XLA:CPU thread pool'),
                         ('jax_config.jax_default_matmul_precision', 'JAX matmul precision'))
 
 
