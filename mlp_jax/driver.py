@@ -41,8 +41,6 @@ from mlp_jax.workdir import StopRequests, WorkdirError, describe_os_error
 
 # Share of a device's memory a chunk may plan to use (XLA needs some for itself).
 MEMORY_SHARE = 0.8
-# Seeds per device of the program whose memory is measured to size chunks.
-PROBE_SEEDS = 8
 # The metrics log's loss columns: a non-finite one marks a diverged seed.
 LOSS_COLUMNS = [LOG_COLUMNS.index('train_loss'), LOG_COLUMNS.index('test_loss')]
 
@@ -196,16 +194,16 @@ class ChunkPrograms:
       self.compile_seconds += time.perf_counter() - start
     return self._cache[size]
 
-  def bytes_per_seed(self) -> Tuple[float, float]:
+  def bytes_per_seed(self, size: int) -> Tuple[float, float]:
     """(device bytes each seed of a chunk needs, bytes independent of the seeds),
-    from the memory XLA plans for an epoch of PROBE_SEEDS seeds per device."""
-    probe = PROBE_SEEDS * self._width
-    _, epoch, evaluate = self._compile(probe * self._mesh.size)
+    from the memory XLA plans for the programs of `size` rows (compiled and kept
+    for training)."""
+    _, epoch, evaluate = self.get(size)
     sizes = [program.memory_analysis() for program in (epoch, evaluate)]
     total = max(s.argument_size_in_bytes + s.output_size_in_bytes + s.temp_size_in_bytes
                 - s.alias_size_in_bytes for s in sizes)
     fixed = self._data.nbytes
-    return max(0.0, total - fixed) / probe, fixed
+    return max(0.0, total - fixed) / (size // self._mesh.size), fixed
 
   def initial_states(self, configs: Sequence[TrainConfig]) -> RunState:
     """The chunk's initial states, one row per config, split over the mesh: a

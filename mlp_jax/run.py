@@ -16,7 +16,7 @@ import datetime
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -183,26 +183,36 @@ def stored_vmap_width(layout: Layout) -> Optional[int]:
   return width if isinstance(width, int) and width >= 1 else None
 
 
-def resolve_vmap_width(config: TrainConfig, seeds: int, layout: Layout, options: RunOptions,
-                       dataset: Dataset) -> int:
-  """--vmap_width=auto made concrete (see RunOptions.vmap_width); a workdir keeps the
-  width it was started with, so a resumed seed keeps its numbers."""
+def resolve_vmap_width(seeds: int, layout: Layout, options: RunOptions) -> Tuple[int, bool]:
+  """--vmap_width=auto made concrete (see RunOptions.vmap_width): (the width, whether
+  it is yet to be fitted to device memory: a new choice on a GPU/TPU). A workdir
+  keeps the width it was started with, so a resumed seed keeps its numbers."""
   if options.vmap_width is not None:
-    return options.vmap_width
+    return options.vmap_width, False
   stored = None if options.overwrite else stored_vmap_width(layout)
   if stored is not None:
-    return stored
+    return stored, False
   if jax.default_backend() == 'cpu':
-    return 1  # measured fastest on XLA:CPU, and single runs replay sweeps' seeds at no cost
+    return 1, False  # measured fastest on XLA:CPU; single runs replay sweeps' seeds at no cost
   per_device = -(-seeds // jax.device_count())
   if options.chunk_size is not None:
     per_device = min(per_device, -(-options.chunk_size // jax.device_count()))
+  return max(1, per_device), True
+
+
+def fit_to_device_memory(config: TrainConfig, ctx: Context, dataset: Dataset
+                         ) -> Tuple[TrainConfig, Context]:
+  """An automatic vmap width narrowed to what fits in device memory: measured on the
+  compiled programs of the planned width (kept for training when they fit)."""
   limit = device_memory_bytes()
-  if limit is not None:
-    probe = Context.create(config.replace(vmap_width=min(8, per_device)), dataset)
-    per_seed, fixed = probe.programs.bytes_per_seed()
-    per_device = min(per_device, max(1, seeds_that_fit(per_seed, fixed, limit)))
-  return max(1, per_device)
+  if limit is None:
+    return config, ctx
+  per_seed, fixed = ctx.programs.bytes_per_seed(config.vmap_width * ctx.mesh.size)
+  fit = max(1, seeds_that_fit(per_seed, fixed, limit))
+  if config.vmap_width <= fit:
+    return config, ctx
+  config = config.replace(vmap_width=fit)
+  return config, Context.create(config, dataset)
 
 
 def resolve_chunk_size(config: TrainConfig, options: RunOptions, ctx: Context) -> int:
@@ -215,8 +225,8 @@ def resolve_chunk_size(config: TrainConfig, options: RunOptions, ctx: Context) -
   limit = device_memory_bytes()
   if limit is not None:
     unit = width * ctx.mesh.size
-    per_device = -(-options.chunk_size // unit) * unit // ctx.mesh.size
-    check_chunk_fits(per_device, *ctx.programs.bytes_per_seed(), limit)
+    size = -(-options.chunk_size // unit) * unit
+    check_chunk_fits(size // ctx.mesh.size, *ctx.programs.bytes_per_seed(size), limit)
   return options.chunk_size
 
 
@@ -288,8 +298,13 @@ def train(config: TrainConfig, seeds: Sequence[int], layout: Layout, options: Ru
   timing = DriverTiming()
   with lock(layout.workdir, jax.process_index()), writing_in(layout.workdir):
     layout.refuse_the_other_layout()
-    config = config.replace(vmap_width=resolve_vmap_width(
-        config, len(seeds), layout, options, dataset)).validate()
+    width, to_fit = resolve_vmap_width(len(seeds), layout, options)
+    config = config.replace(vmap_width=width).validate()
+    ctx = None
+    if not all(records.is_complete(layout.run_dir(s)) for s in seeds):
+      ctx = Context.create(config, dataset)
+      if to_fit:
+        config, ctx = fit_to_device_memory(config, ctx, dataset)
     env = environment.describe(dataset)
     members = [Member(config.replace(seed=s), layout.run_dir(s)) for s in seeds]
     first = jax.process_index() == 0
@@ -304,8 +319,7 @@ def train(config: TrainConfig, seeds: Sequence[int], layout: Layout, options: Ru
     progress = Progress(len(seeds) * config.epochs, unit='seed-epochs' if layout.sweep
                         else 'epochs', out=sys.stdout, bar=sys.stderr)
     try:
-      if not all(records.is_complete(m.run_dir) for m in members):
-        ctx = Context.create(config, dataset)
+      if ctx is not None:
         driver_options = DriverOptions(resolve_chunk_size(config, options, ctx),
                                        options.checkpoint_every, options.keep_checkpoints,
                                        options.tensorboard, options.stop_on_divergence)

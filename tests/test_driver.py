@@ -136,10 +136,25 @@ def test_a_chunk_too_large_for_the_device_is_one_line_naming_chunk_size():
 
 def test_the_memory_a_seed_needs_is_measured_from_the_compiled_program(subset):
   ctx = driver.Context.create(CONFIG.replace(vmap_width=2), subset)
-  per_seed, fixed = ctx.programs.bytes_per_seed()
+  per_seed, fixed = ctx.programs.bytes_per_seed(4)
   state_bytes = 4 * 3 * (784 * 128 + 128 + 128 * 128 + 128 + 128 * 10 + 10)  # params, mu, nu
   assert state_bytes <= per_seed < 20 * state_bytes
   assert fixed == ctx.data.nbytes
+
+
+def test_an_automatic_width_narrows_to_what_fits_in_device_memory(subset, monkeypatch):
+  """On a GPU/TPU --vmap_width=auto starts from every seed at once and narrows to
+  what the device holds (a CPU has no limit: simulated here)."""
+  from mlp_jax import run  # pylint: disable=g-import-not-at-top
+  config = CONFIG.replace(vmap_width=8)
+  ctx = driver.Context.create(config, subset)
+  per_seed, fixed = ctx.programs.bytes_per_seed(8)
+  limit = int((fixed + 3.5 * per_seed) / driver.MEMORY_SHARE)  # room for 3 seeds
+  monkeypatch.setattr(run, 'device_memory_bytes', lambda: limit)
+  narrowed, narrowed_ctx = run.fit_to_device_memory(config, ctx, subset)
+  assert narrowed.vmap_width == 3 and narrowed_ctx is not ctx
+  monkeypatch.setattr(run, 'device_memory_bytes', lambda: 100 * limit)
+  assert run.fit_to_device_memory(config, ctx, subset) == (config, ctx)
 
 
 def test_a_single_run_and_a_sweep_never_share_a_workdir(subset, tmp_path):
