@@ -303,7 +303,8 @@ def train(config: TrainConfig, seeds: Sequence[int], layout: Layout, options: Ru
     width, to_fit = resolve_vmap_width(len(seeds), layout, options)
     config = config.replace(vmap_width=width).validate()
     ctx = None
-    if not all(records.is_complete(layout.run_dir(s)) for s in seeds):
+    # --overwrite starts every seed over (prepare_run_dirs deletes their records).
+    if options.overwrite or not all(records.is_complete(layout.run_dir(s)) for s in seeds):
       ctx = Context.create(config, dataset)
       if to_fit:
         config, ctx = fit_to_device_memory(config, ctx, dataset)
