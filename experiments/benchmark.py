@@ -162,10 +162,11 @@ def measure_epochs(epochs: int) -> Dict[str, Any]:
   programs = ChunkPrograms(trainer, data, mesh, vmap_width=1)
   _, train_epoch, evaluate = programs.get(1)
   state = programs.initial_states([config])
+  hparams = programs.hyperparameters([config])
   epoch_seconds, eval_seconds = [], []
   for _ in range(epochs):
     tick = time.perf_counter()
-    state, metrics = train_epoch(state, data.train_images, data.train_labels)
+    state, metrics = train_epoch(state, hparams, data.train_images, data.train_labels)
     jax.device_get(metrics)
     epoch_seconds.append(time.perf_counter() - tick)
     tick = time.perf_counter()

@@ -1,13 +1,17 @@
 """Seed sweeps in one process: `python -m experiments.sweep --seeds=0-31 --workdir=DIR`.
 
-Every training flag of `mlp_jax.main` works here too (same definitions). The
-seeds train in chunks, each epoch of a chunk one compiled program (see
-mlp_jax.driver). Writes into --workdir (see mlp_jax.records for the layout):
+Every training flag of `mlp_jax.main` works here too (same definitions); a list
+for a sweepable flag makes a grid, every point training every seed:
+`--learning_rate=1e-4,3e-4,1e-3 --seeds=0-9` (mlp_jax.grid). The seeds train in
+chunks, each epoch of a chunk one compiled program (see mlp_jax.driver). Writes
+into --workdir (see mlp_jax.records for the layout):
 
-    sweep.json, environment.json   the sweep's settings and where it ran
+    sweep.json, environment.json   the sweep's settings (and grid) and where it ran
     seed_<k>/                      a complete run directory per seed
+      (a grid: <flag>=<value>/.../seed_<k>/)
     summary.csv                    per epoch and metric: mean, std, min, max, 95% CI
     final.csv                      per seed: final and best test accuracy
+    points.csv                     per grid point: ranked, Welch vs the best, ensemble
     curves.png, tensorboard/       mean and 95% band, each seed faint behind
     timing.json                    start-up, training, evaluation, host work
 
@@ -23,7 +27,7 @@ from absl import flags
 
 from mlp_jax import cli, environment
 from mlp_jax.flags import (config_from_flags, define_run_flags, define_training_flags,
-                           reject_extra_arguments, run_options_from_flags)
+                           grid_from_flags, reject_extra_arguments, run_options_from_flags)
 from mlp_jax.run import parse_seeds, train_sweep
 
 define_training_flags()
@@ -40,12 +44,14 @@ FLAGS = flags.FLAGS
 def main(argv):
   reject_extra_arguments(argv)
   seeds = parse_seeds(FLAGS.seeds)
-  config = config_from_flags(seeds[0])
+  config = config_from_flags(seeds[0], grid=True)
+  grid = grid_from_flags()
+  grid.points(config)  # every point's settings checked before anything is written
   options = run_options_from_flags(seed_curves=FLAGS.seed_curves)
   environment.apply_determinism(FLAGS.deterministic)  # before the backend starts
   environment.initialize_distributed()
   environment.enable_compilation_cache(FLAGS.compilation_cache_dir)
-  train_sweep(config, seeds, FLAGS.workdir, options, _STARTED)
+  train_sweep(config, seeds, FLAGS.workdir, options, _STARTED, grid)
 
 
 if __name__ == '__main__':

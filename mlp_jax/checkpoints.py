@@ -36,7 +36,7 @@ import os
 import re
 import sys
 import time
-from typing import Any, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
 import jax
 
@@ -133,8 +133,18 @@ def _first_line(error: BaseException, limit: int = 120) -> str:
   return text if len(text) <= limit else f'{text[:limit - 3]}...'
 
 
-def checkpointed_seeds(directory: str) -> Optional[Tuple[List[int], int]]:
-  """(the row seeds, the newest epoch) of the chunk checkpointed in `directory`, or
+RowKey = Union[int, str]
+
+
+def row_keys(values: Sequence[Any]) -> List[RowKey]:
+  """A chunk's row keys as stored in JSON: a seed (int) per row, or a grid member's
+  name (str). The JSON item holding them is named `seeds` (as written by earlier
+  versions, whose checkpoints still resume)."""
+  return [v if isinstance(v, str) else int(v) for v in values]
+
+
+def checkpointed_seeds(directory: str) -> Optional[Tuple[List[RowKey], int]]:
+  """(the row keys, the newest epoch) of the chunk checkpointed in `directory`, or
   None if it holds no readable checkpoint; reads only the small seeds item."""
   if not os.path.isdir(directory):
     return None
@@ -145,7 +155,7 @@ def checkpointed_seeds(directory: str) -> Optional[Tuple[List[int], int]]:
     for step in sorted(manager.all_steps(), reverse=True):
       try:
         seeds = manager.restore(step, args=ocp.args.Composite(seeds=ocp.args.JsonRestore()))
-        return [int(s) for s in seeds['seeds']], step
+        return row_keys(seeds['seeds']), step
       except Exception:  # pylint: disable=broad-except
         continue  # a damaged step: an older one may still name the seeds
     return None
@@ -187,17 +197,18 @@ class ChunkCheckpoints:
 
   Args:
     directory: where this chunk's checkpoints live.
-    seeds: the chunk's seeds, in row order (padding rows included); a directory
-      holding checkpoints of other seeds is not restored from.
+    seeds: the chunk's row keys (seeds, or grid members' names), in row order
+      (padding rows included); a directory holding checkpoints of other rows is not
+      restored from.
     keep: how many of the newest checkpoints to keep.
     policy: when to save.
     nbytes: the size of what one save writes (for the auto policy's first guess).
   """
 
-  def __init__(self, directory: str, seeds: Sequence[int], keep: int, policy: SavePolicy,
+  def __init__(self, directory: str, seeds: Sequence[RowKey], keep: int, policy: SavePolicy,
                nbytes: int):
     ocp = _orbax()
-    self.seeds = [int(s) for s in seeds]
+    self.seeds = row_keys(seeds)
     self.policy = policy
     if policy.every is None:
       policy.save_seconds = nbytes / ASSUMED_BYTES_PER_SECOND
@@ -229,7 +240,7 @@ class ChunkCheckpoints:
       try:
         stored = self._manager.restore(step, args=ocp.args.Composite(
             seeds=ocp.args.JsonRestore()))
-        if [int(s) for s in stored['seeds']] != self.seeds:
+        if row_keys(stored['seeds']) != self.seeds:
           return 0, None, []  # another chunk's checkpoints: not ours to resume
         tree = self.restore(step, like)
       except Exception as e:  # pylint: disable=broad-except

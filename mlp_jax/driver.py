@@ -29,14 +29,16 @@ import jax
 import numpy as np
 
 from mlp_jax import environment, records
-from mlp_jax.checkpoints import ChunkCheckpoints, NoCheckpoints, SavePolicy, checkpointed_seeds
+from mlp_jax.checkpoints import (ChunkCheckpoints, NoCheckpoints, RowKey, SavePolicy,
+                                 checkpointed_seeds)
 from mlp_jax.config import TrainConfig
 from mlp_jax.data import Dataset
 from mlp_jax.errors import Interrupted, UsageError
 from mlp_jax.mesh import SeedMesh
 from mlp_jax.progress import Progress
 from mlp_jax.sink import LOG_COLUMNS, RecordSink, accuracies, log_epoch, new_log
-from mlp_jax.train import RunState, make_trainer, map_over_seeds, seed_keys
+from mlp_jax.train import (Hyperparameters, RunState, hyperparameters, make_trainer,
+                           map_over_seeds, seed_keys)
 from mlp_jax.workdir import StopRequests, WorkdirError, describe_os_error
 
 # Share of a device's memory a chunk may plan to use (XLA needs some for itself).
@@ -47,9 +49,21 @@ LOSS_COLUMNS = [LOG_COLUMNS.index('train_loss'), LOG_COLUMNS.index('test_loss')]
 
 @dataclasses.dataclass(frozen=True)
 class Member:
-  """One seed to train: its settings and its run directory."""
+  """One run to train: its settings, its run directory and, in a grid, its name
+  (`learning_rate=0.001/seed_3`, its run directory within the sweep)."""
   config: TrainConfig
   run_dir: str
+  name: Optional[str] = None
+
+  @property
+  def key(self) -> RowKey:
+    """What identifies it in a chunk checkpoint: its seed, or its name in a grid."""
+    return self.config.seed if self.name is None else self.name
+
+  @property
+  def label(self) -> str:
+    """How messages name it."""
+    return f'seed {self.config.seed}' if self.name is None else self.name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,18 +77,21 @@ class Chunk:
   members: Tuple[Member, ...]
   size: int
   checkpoint_dir: str
-  complete: FrozenSet[int] = frozenset()
+  complete: FrozenSet[RowKey] = frozenset()
 
   @property
   def todo(self) -> List[Member]:
     """The members whose records this chunk writes."""
-    return [m for m in self.members if m.config.seed not in self.complete]
+    return [m for m in self.members if m.key not in self.complete]
+
+  @property
+  def rows(self) -> List[Member]:
+    """Each row's member; padding rows repeat the first (their results are dropped)."""
+    return list(self.members) + [self.members[0]] * (self.size - len(self.members))
 
   @property
   def row_configs(self) -> List[TrainConfig]:
-    """Each row's config; padding rows repeat the first seed (their results are dropped)."""
-    configs = [m.config for m in self.members]
-    return configs + [configs[0]] * (self.size - len(configs))
+    return [m.config for m in self.rows]
 
 
 @dataclasses.dataclass
@@ -178,9 +195,11 @@ class ChunkPrograms:
     states = jax.eval_shape(init, keys, keys, keys)
     states = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=m.by_seed),
                           states)
-    epoch = jax.jit(m.shard(map_over_seeds(t.train_epoch, 1, w), 1, 2),
+    hparams = {name: jax.ShapeDtypeStruct((size,), value.dtype, sharding=m.by_seed)
+               for name, value in hyperparameters(TrainConfig()).items()}
+    epoch = jax.jit(m.shard(map_over_seeds(t.train_epoch, 2, w), 2, 2),
                     donate_argnums=0, compiler_options=options).lower(
-                        states, d.train_images, d.train_labels).compile()
+                        states, hparams, d.train_images, d.train_labels).compile()
     evaluate = jax.jit(m.shard(map_over_seeds(t.evaluate, 1, w), 1, 2),
                        compiler_options=options).lower(
                            states, d.test_images, d.test_labels).compile()
@@ -212,6 +231,13 @@ class ChunkPrograms:
     keys = [np.stack(k) for k in zip(*(seed_keys(c) for c in configs))]
     return self._mesh.put_seeds(jax.device_get(init(*keys)))
 
+  def hyperparameters(self, configs: Sequence[TrainConfig]) -> Hyperparameters:
+    """The chunk's traced settings (train.hyperparameters), one row per config, split
+    over the mesh."""
+    values = [hyperparameters(c) for c in configs]
+    return self._mesh.put_seeds({name: np.stack([v[name] for v in values])
+                                 for name in values[0]})
+
 
 def device_memory_bytes() -> Optional[int]:
   """What JAX may allocate on this process's first device (None on a CPU)."""
@@ -239,7 +265,7 @@ def check_chunk_fits(seeds_per_device: int, bytes_per_seed: float, fixed_bytes: 
 
 
 def plan_chunks(members: Sequence[Member], chunk_size: int, unit: int,
-                checkpoint_dir: Callable[[Sequence[int]], str]) -> List[Chunk]:
+                checkpoint_dir: Callable[[Sequence[RowKey]], str]) -> List[Chunk]:
   """Splits `members` into chunks of at most `chunk_size` seeds (rounded up to a
   multiple of `unit` = vmap width x device count), each padded to a multiple of
   `unit`, so that every vmap group on every device is full."""
@@ -248,7 +274,7 @@ def plan_chunks(members: Sequence[Member], chunk_size: int, unit: int,
   for start in range(0, len(members), capacity):
     part = tuple(members[start:start + capacity])
     chunks.append(Chunk(part, -(-len(part) // unit) * unit,
-                        checkpoint_dir([m.config.seed for m in part])))
+                        checkpoint_dir([m.key for m in part])))
   return chunks
 
 
@@ -260,8 +286,8 @@ def resumable_chunks(members: Sequence[Member], todo: Sequence[Member],
   whatever --chunk_size is now. The furthest checkpoint wins a seed saved twice; a
   chunk that cannot be laid out on these devices (size not a multiple of `unit`)
   is left out, its seeds planned afresh."""
-  by_seed = {m.config.seed: m for m in members}
-  wanted = {m.config.seed for m in todo}
+  by_key = {m.key: m for m in members}
+  wanted = {m.key for m in todo}
   found = []
   for directory in saved_dirs:
     stored = checkpointed_seeds(directory)
@@ -269,14 +295,14 @@ def resumable_chunks(members: Sequence[Member], todo: Sequence[Member],
       found.append((stored[1], directory, stored[0]))
   chunks: List[Chunk] = []
   claimed = set()
-  for _, directory, rows in sorted(found, reverse=True):
-    seeds = list(dict.fromkeys(rows))  # padding rows repeat the first seed
-    if (rows != seeds + [seeds[0]] * (len(rows) - len(seeds)) or len(rows) % unit or
-        not set(seeds) <= set(by_seed) or not set(seeds) & wanted or set(seeds) & claimed):
+  for _, directory, rows in sorted(found, key=lambda f: f[:2], reverse=True):
+    keys = list(dict.fromkeys(rows))  # padding rows repeat the first member
+    if (rows != keys + [keys[0]] * (len(rows) - len(keys)) or len(rows) % unit or
+        not set(keys) <= set(by_key) or not set(keys) & wanted or set(keys) & claimed):
       continue
-    claimed.update(seeds)
-    chunks.append(Chunk(tuple(by_seed[s] for s in seeds), len(rows), directory,
-                        frozenset(set(seeds) - wanted)))
+    claimed.update(keys)
+    chunks.append(Chunk(tuple(by_key[k] for k in keys), len(rows), directory,
+                        frozenset(set(keys) - wanted)))
   return chunks
 
 
@@ -289,15 +315,18 @@ class Context:
   examples: Tuple[int, int]  # (train examples per epoch, test examples)
 
   @classmethod
-  def create(cls, config: TrainConfig, dataset: Dataset) -> 'Context':
-    mesh = SeedMesh()
-    data = to_device(dataset, mesh)
+  def create(cls, config: TrainConfig, dataset: Dataset, like: Optional['Context'] = None
+             ) -> 'Context':
+    """The programs of `config` (whose traced settings and seeds do not matter),
+    on the devices and data of `like` if given (else the data is put on them)."""
+    mesh = SeedMesh() if like is None else like.mesh
+    data = to_device(dataset, mesh) if like is None else like.data
     trainer = make_trainer(config, train_size=data.train_images.shape[0],
                            num_classes=dataset.num_classes)
     return cls(mesh, data, ChunkPrograms(trainer, data, mesh, config.vmap_width),
                (trainer.examples_per_epoch, data.test_labels.shape[0]))
 
-  def run_epoch(self, size: int, states: RunState
+  def run_epoch(self, size: int, states: RunState, hparams: Hyperparameters
                 ) -> Tuple[RunState, Dict[str, np.ndarray], float, float]:
     """One epoch of a chunk: (states, this process's rows' metrics, train s, eval s).
 
@@ -305,7 +334,8 @@ class Context:
     """
     _, train_epoch, evaluate = self.programs.get(size)
     tick = time.perf_counter()
-    states, train_metrics = train_epoch(states, self.data.train_images, self.data.train_labels)
+    states, train_metrics = train_epoch(states, hparams, self.data.train_images,
+                                        self.data.train_labels)
     jax.block_until_ready(train_metrics)
     train_seconds = time.perf_counter() - tick
     tick = time.perf_counter()
@@ -363,7 +393,7 @@ class DriverOptions:
 
 
 def train_members(members: Sequence[Member], ctx: Context, options: DriverOptions,
-                  checkpoint_dir: Callable[[Sequence[int]], str], reporter: Reporter,
+                  checkpoint_dir: Callable[[Sequence[RowKey]], str], reporter: Reporter,
                   progress: Progress, timing: DriverTiming, started: float,
                   saved_dirs: Sequence[str] = ()) -> None:
   """Trains every incomplete member to its last epoch, chunk by chunk.
@@ -380,12 +410,11 @@ def train_members(members: Sequence[Member], ctx: Context, options: DriverOption
   """
   epochs = members[0].config.epochs
   todo = [m for m in members if not records.is_complete(m.run_dir)]
-  done = (len(members) - len(todo)) * epochs
-  progress.set_done(done)
+  progress.add_done((len(members) - len(todo)) * epochs)
   unit = members[0].config.vmap_width * ctx.mesh.size
   chunks = resumable_chunks(members, todo, saved_dirs, unit) if todo else []
-  resumed = {m.config.seed for c in chunks for m in c.members}
-  chunks += plan_chunks([m for m in todo if m.config.seed not in resumed], options.chunk_size,
+  resumed = {m.key for c in chunks for m in c.members}
+  chunks += plan_chunks([m for m in todo if m.key not in resumed], options.chunk_size,
                         unit, checkpoint_dir)
   with StopRequests() as stop:
     for chunk in chunks:
@@ -404,8 +433,9 @@ def train_chunk(chunk: Chunk, ctx: Context, options: DriverOptions, stop: StopRe
   mine = [i for i, r in enumerate(local)       # ... holding a seed whose records are due
           if r < len(chunk.members) and chunk.members[r] in todo]
   members = [chunk.members[local[i]] for i in mine]
-  diverged: Dict[int, int] = {}                # seed -> the first epoch of non-finite loss
+  diverged: Dict[str, int] = {}                # label -> the first epoch of non-finite loss
   states = ctx.programs.initial_states(configs)
+  hparams = ctx.programs.hyperparameters(configs)
   timing.compile_seconds = ctx.programs.compile_seconds
   log = new_log(chunk.size, epochs)
   checkpoints = open_checkpoints(chunk, options, states)
@@ -428,7 +458,8 @@ def train_chunk(chunk: Chunk, ctx: Context, options: DriverOptions, stop: StopRe
     while epoch < epochs:
       if timing.startup_seconds is None:
         timing.startup_seconds = time.perf_counter() - started
-      states, metrics, train_seconds, eval_seconds = ctx.run_epoch(chunk.size, states)
+      states, metrics, train_seconds, eval_seconds = ctx.run_epoch(chunk.size, states,
+                                                                   hparams)
       epoch += 1
       timing.train_seconds += train_seconds
       timing.eval_seconds += eval_seconds
@@ -472,31 +503,30 @@ def open_checkpoints(chunk: Chunk, options: DriverOptions, states: RunState):
   if options.checkpoint_every == 0:
     return NoCheckpoints()
   nbytes = sum(leaf.nbytes for leaf in jax.tree.leaves(states))
-  return ChunkCheckpoints(chunk.checkpoint_dir, [c.seed for c in chunk.row_configs],
+  return ChunkCheckpoints(chunk.checkpoint_dir, [m.key for m in chunk.rows],
                           options.keep_checkpoints, SavePolicy(options.checkpoint_every),
                           nbytes)
 
 
-def note_divergence(diverged: Dict[int, int], members: Sequence[Member],
+def note_divergence(diverged: Dict[str, int], members: Sequence[Member],
                     epochs: Sequence[Optional[int]], progress: Progress) -> None:
-  """Records (and says, once per seed) that members[i] diverged at epochs[i]."""
+  """Records (and says, once per member) that members[i] diverged at epochs[i]."""
   for member, epoch in zip(members, epochs):
-    seed = member.config.seed
-    if epoch is not None and seed not in diverged:
-      diverged[seed] = epoch
-      progress.line(f'mlp_jax: seed {seed} diverged at epoch {epoch} (non-finite loss); '
+    if epoch is not None and member.label not in diverged:
+      diverged[member.label] = epoch
+      progress.line(f'mlp_jax: {member.label} diverged at epoch {epoch} (non-finite loss); '
                     'its later numbers are not meaningful (--stop_on_divergence stops '
                     'the run)')
 
 
-def divergence_message(diverged: Dict[int, int], epoch: int) -> str:
-  seeds = sorted(diverged)
-  if not seeds:
+def divergence_message(diverged: Dict[str, int], epoch: int) -> str:
+  labels = list(diverged)
+  if not labels:
     return (f'a seed of another process diverged (non-finite loss); stopped after epoch '
             f'{epoch} as --stop_on_divergence asks, the records so far are kept')
-  named = ', '.join(f'{s} at epoch {diverged[s]}' for s in seeds[:5])
-  more = f' and {len(seeds) - 5} more' if len(seeds) > 5 else ''
-  return (f'seed {named}{more} diverged (non-finite loss); stopped after epoch {epoch} '
+  named = ', '.join(f'{s} at epoch {diverged[s]}' for s in labels[:5])
+  more = f' and {len(labels) - 5} more' if len(labels) > 5 else ''
+  return (f'{named}{more} diverged (non-finite loss); stopped after epoch {epoch} '
           'as --stop_on_divergence asks, the records so far are kept')
 
 

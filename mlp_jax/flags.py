@@ -1,51 +1,82 @@
 """The training flags, defined once for every entry point that trains.
 
 `mlp_jax.main` and `experiments.sweep` both call `define_training_flags()` at import
-and `config_from_flags()` in their main, so a flag means the same everywhere.
+and `config_from_flags()` in their main, so a flag means the same everywhere. The
+sweepable flags (mlp_jax.grid.SWEEPABLE) are read as text, so that a sweep can
+take a list of values (a grid, `grid_from_flags`); anywhere else a list is one
+line naming the flag, as is a list for any other flag.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Dict, Optional, Tuple
 
 from absl import flags
 
-from mlp_jax.config import (LR_SCHEDULES, MATMUL_PRECISIONS, MODELS, TrainConfig,
-                            parse_hidden_sizes)
+from mlp_jax.config import LR_SCHEDULES, MATMUL_PRECISIONS, MODELS, TrainConfig
 from mlp_jax.errors import UsageError
+from mlp_jax.grid import SWEEPABLE, Grid, parse_values, sweepable_text
 from mlp_jax.run import CPU_CHUNK_SIZE, RunOptions
 
 _DEFAULTS = TrainConfig()
 _RUN_DEFAULTS = RunOptions()
 
 
+class _OneValue(flags.ArgumentParser):
+  """An absl number parser that names the problem when given a list."""
+
+  def __init__(self, base: flags.ArgumentParser):
+    self._base = base
+
+  def parse(self, argument):
+    if isinstance(argument, str) and ',' in argument:
+      raise ValueError(f'one value only: lists (a grid of a sweep) work for {sweepable_text()}')
+    return self._base.parse(argument)
+
+  def flag_type(self) -> str:
+    return self._base.flag_type()
+
+
+def _define_number(name: str, default, help_text: str, flag_values: flags.FlagValues,
+                   base: flags.ArgumentParser) -> None:
+  flags.DEFINE(_OneValue(base), name, default, help_text, flag_values,
+               flags.ArgumentSerializer())
+
+
+def _define_sweepable(name: str, default, help_text: str, flag_values: flags.FlagValues
+                      ) -> None:
+  """A flag read as text: one value, or in a sweep a list of them (a grid)."""
+  separator = SWEEPABLE[name][1]
+  flags.DEFINE_string(name, str(default), f'{help_text} In a sweep, a list ("{separator}"-'
+                      'separated) trains every value: a grid.', flag_values=flag_values)
+
+
 def define_training_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """Defines the flags that set a TrainConfig (all but --seed, which differs per entry point)."""
-  flags.DEFINE_integer('epochs', _DEFAULTS.epochs, 'Passes over the training set.',
-                       flag_values=flag_values)
-  flags.DEFINE_integer('batch_size', _DEFAULTS.batch_size, 'Examples per optimizer step.',
-                       flag_values=flag_values)
-  flags.DEFINE_float('learning_rate', _DEFAULTS.learning_rate, 'Adam learning rate.',
-                     flag_values=flag_values)
-  flags.DEFINE_string('hidden_sizes', ','.join(map(str, _DEFAULTS.hidden_sizes)),
-                      'Comma-separated widths of the hidden layers.', flag_values=flag_values)
-  flags.DEFINE_integer('init_seed', None, 'If set, draw the initial parameters from this '
-                       'seed instead of --seed.', flag_values=flag_values)
-  flags.DEFINE_integer('data_seed', None, 'If set, draw the data order from this seed '
-                       'instead of --seed.', flag_values=flag_values)
+  _define_number('epochs', _DEFAULTS.epochs, 'Passes over the training set.', flag_values,
+                 flags.IntegerParser(lower_bound=None))
+  _define_sweepable('batch_size', _DEFAULTS.batch_size, 'Examples per optimizer step.',
+                    flag_values)
+  _define_sweepable('learning_rate', _DEFAULTS.learning_rate, 'Adam learning rate (the peak '
+                    'of a schedule).', flag_values)
+  _define_sweepable('hidden_sizes', ','.join(map(str, _DEFAULTS.hidden_sizes)),
+                    'Comma-separated widths of the hidden layers.', flag_values)
+  _define_number('init_seed', None, 'If set, draw the initial parameters from this seed '
+                 'instead of --seed.', flag_values, flags.IntegerParser())
+  _define_number('data_seed', None, 'If set, draw the data order from this seed instead of '
+                 '--seed.', flag_values, flags.IntegerParser())
   flags.DEFINE_string('data_dir', None, 'Directory with the four MNIST IDX files (gzipped '
                       'or raw). Default: the copy bundled with mlp_jax.', flag_values=flag_values)
-  flags.DEFINE_string('model', _DEFAULTS.model, f'Network: {" or ".join(MODELS)}.',
-                      flag_values=flag_values)
-  flags.DEFINE_float('dropout', _DEFAULTS.dropout, 'Dropout rate in [0, 1) (0: none).',
-                     flag_values=flag_values)
+  _define_sweepable('model', _DEFAULTS.model, f'Network: {" or ".join(MODELS)}.',
+                    flag_values)
+  _define_sweepable('dropout', _DEFAULTS.dropout, 'Dropout rate in [0, 1) (0: none).',
+                    flag_values)
   flags.DEFINE_bool('batch_norm', _DEFAULTS.batch_norm, 'Batch normalisation before each '
                     'ReLU.', flag_values=flag_values)
   flags.DEFINE_bool('augment', _DEFAULTS.augment, 'Random shifts of up to 2 pixels of the '
                     'training images, drawn inside the compiled epoch.', flag_values=flag_values)
-  flags.DEFINE_string('lr_schedule', _DEFAULTS.lr_schedule,
-                      f'Learning-rate schedule: {", ".join(LR_SCHEDULES)}.',
-                      flag_values=flag_values)
+  _define_sweepable('lr_schedule', _DEFAULTS.lr_schedule,
+                    f'Learning-rate schedule: {", ".join(LR_SCHEDULES)}.', flag_values)
   flags.DEFINE_string('dataset', _DEFAULTS.dataset, 'mnist (the bundled canonical files) or '
                       'a TFDS dataset of 28x28x1 images: fashion_mnist, kmnist, emnist/digits, '
                       '...', flag_values=flag_values)
@@ -108,16 +139,36 @@ def _auto_or_int(flag: str, text: str, minimum: int) -> Optional[int]:
   return value
 
 
-def config_from_flags(seed: int, flag_values: flags.FlagValues = flags.FLAGS) -> TrainConfig:
-  """The validated TrainConfig the parsed flags describe, for `seed`."""
+def _sweepable_values(flag_values: flags.FlagValues) -> Dict[str, Tuple[Any, ...]]:
+  """{flag: the values it lists} for every sweepable flag (one value unless a grid)."""
+  return {name: parse_values(name, flag_values[name].value) for name in SWEEPABLE}
+
+
+def config_from_flags(seed: int, flag_values: flags.FlagValues = flags.FLAGS,
+                      grid: bool = False) -> TrainConfig:
+  """The validated TrainConfig the parsed flags describe, for `seed`.
+
+  `grid`: a sweep, where a sweepable flag may list several values (the config
+  then holds the first; `grid_from_flags` gives the rest); elsewhere that is a
+  UsageError naming the flag.
+  """
   f = flag_values
+  values = _sweepable_values(f)
+  for name, listed in values.items():
+    if len(listed) > 1 and not grid:
+      raise UsageError(f'--{name}={f[name].value}: one value only; a list of values makes '
+                       'a grid, in python -m experiments.sweep')
+  first = {name: listed[0] for name, listed in values.items()}
   return TrainConfig(
-      epochs=f.epochs, seed=seed, batch_size=f.batch_size, learning_rate=f.learning_rate,
-      hidden_sizes=parse_hidden_sizes(f.hidden_sizes), init_seed=f.init_seed,
-      data_seed=f.data_seed, data_dir=f.data_dir, model=f.model, dropout=f.dropout,
-      batch_norm=f.batch_norm, augment=f.augment, lr_schedule=f.lr_schedule,
-      dataset=f.dataset, tfds_data_dir=f.tfds_data_dir,
-      matmul_precision=f.matmul_precision).validate()
+      epochs=f.epochs, seed=seed, init_seed=f.init_seed, data_seed=f.data_seed,
+      data_dir=f.data_dir, batch_norm=f.batch_norm, augment=f.augment, dataset=f.dataset,
+      tfds_data_dir=f.tfds_data_dir, matmul_precision=f.matmul_precision, **first).validate()
+
+
+def grid_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> Grid:
+  """The grid the sweepable flags list (empty when each gives one value)."""
+  return Grid(tuple((name, listed) for name, listed in _sweepable_values(flag_values).items()
+                    if len(listed) > 1))
 
 
 def run_options_from_flags(flag_values: flags.FlagValues = flags.FLAGS,

@@ -5,6 +5,8 @@ and return float32[N, num_classes] logits. With `batch_norm`, the variables hold
 a 'batch_stats' collection: batch statistics normalise in training (and update
 the running averages), the running averages normalise in evaluation. With
 `dropout > 0`, training needs an rng named 'dropout'; evaluation drops nothing.
+The dropout rate may also be given at call time as a traced value
+(`dropout_rate=`), so that runs differing only in it share one compiled program.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from mlp_jax.config import TrainConfig
@@ -30,6 +33,18 @@ class _Block(nn.Module):
     if self.batch_norm:
       x = nn.BatchNorm(use_running_average=not train, momentum=BATCH_NORM_MOMENTUM)(x)
     return nn.relu(x)
+
+
+class Dropout(nn.Module):
+  """nn.Dropout with the rate an argument, which may be traced (float32[])."""
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, rate: Any, train: bool) -> jnp.ndarray:
+    if not train:
+      return x
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(self.make_rng('dropout'), keep, x.shape)
+    return jax.lax.select(mask, x / keep, jnp.zeros_like(x))
 
 
 class Conv3x3(nn.Module):
@@ -67,7 +82,8 @@ class MLP(nn.Module):
     hidden_sizes: widths of the hidden layers, each Dense -> [BatchNorm] -> ReLU
       -> [Dropout].
     num_classes: number of output logits.
-    dropout: rate of dropout after each hidden layer (0: none).
+    dropout: rate of dropout after each hidden layer (0: none); `dropout_rate`
+      of a call replaces the rate (not whether there is dropout).
     batch_norm: batch normalisation before each ReLU.
   """
   hidden_sizes: Sequence[int] = (128, 128)
@@ -76,14 +92,16 @@ class MLP(nn.Module):
   batch_norm: bool = False
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray, train: bool = False, dropout_rate: Any = None
+               ) -> jnp.ndarray:
     x = x.reshape((x.shape[0], -1))
+    rate = self.dropout if dropout_rate is None else dropout_rate
     for width in self.hidden_sizes:
       # A bias before batch norm would be cancelled by its mean subtraction.
       x = nn.Dense(width, use_bias=not self.batch_norm)(x)
       x = _Block(self.batch_norm)(x, train)
       if self.dropout:
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        x = Dropout()(x, rate, train)
     return nn.Dense(self.num_classes)(x)
 
 
@@ -93,7 +111,8 @@ class CNN(nn.Module):
 
   Attributes:
     num_classes: number of output logits.
-    dropout: rate of dropout before the output layer (0: none).
+    dropout: rate of dropout before the output layer (0: none); `dropout_rate`
+      of a call replaces the rate (not whether there is dropout).
     batch_norm: batch normalisation before each ReLU.
   """
   num_classes: int = 10
@@ -101,7 +120,9 @@ class CNN(nn.Module):
   batch_norm: bool = False
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray, train: bool = False, dropout_rate: Any = None
+               ) -> jnp.ndarray:
+    rate = self.dropout if dropout_rate is None else dropout_rate
     x = x.reshape((x.shape[0], 28, 28, 1))
     for features in (32, 64):
       x = Conv3x3(features, use_bias=not self.batch_norm)(x)
@@ -111,7 +132,7 @@ class CNN(nn.Module):
     x = nn.Dense(256, use_bias=not self.batch_norm)(x)
     x = _Block(self.batch_norm)(x, train)
     if self.dropout:
-      x = nn.Dropout(self.dropout, deterministic=not train)(x)
+      x = Dropout()(x, rate, train)
     return nn.Dense(self.num_classes)(x)
 
 

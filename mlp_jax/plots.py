@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence, Tuple
 
 import numpy as np
 
@@ -77,6 +77,40 @@ def plot_band(curves: Mapping[str, np.ndarray], path: str, title: str) -> None:
   # A fixed corner: 'best' searches every line of every run, slow with many runs.
   acc_ax.legend(fontsize=8, loc='lower right')
   loss_ax.legend(fontsize=8, loc='upper right')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_bands(points: Sequence[Tuple[str, Mapping[str, np.ndarray]]], path: str,
+               title: str) -> None:
+  """Curves of a grid: for each point, its seeds' mean test accuracy and test loss,
+  each with a 95% band.
+
+  Args:
+    points: (label, curves) per grid point, curves as for plot_band.
+    path: PNG to write.
+    title: figure title.
+  """
+  from mlp_jax.stats import mean_ci  # pylint: disable=g-import-not-at-top
+  plt, fig, acc_ax, loss_ax = _axes_pair(title)
+  colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
+  lowest = 1.0
+  for i, (label, curves) in enumerate(points):
+    color, epochs = colors[i % len(colors)], curves['epoch']
+    for ax, metric in ((acc_ax, 'test_accuracy'), (loss_ax, 'test_loss')):
+      values = curves[metric]
+      mean, low, high = mean_ci(values)
+      if ax is loss_ax:
+        low = np.maximum(low, values.min(axis=0))  # a log axis cannot show <= 0
+      ax.plot(epochs, mean, color=color, linewidth=1.6,
+              label=f'{label} ({values.shape[0]} seeds)')
+      ax.fill_between(epochs, low, high, color=color, alpha=0.25)
+    lowest = min(lowest, float(np.min(curves['test_accuracy'])))
+  acc_ax.set_ylim(max(0.0, lowest - 0.01), 1.0005)
+  acc_ax.set_ylabel('test accuracy')
+  loss_ax.set_ylabel('test loss')
+  acc_ax.legend(fontsize=7, loc='lower right')
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)

@@ -41,10 +41,6 @@ class Progress:
     self._done += units
     self.line(text)
 
-  def set_done(self, done: int) -> None:
-    """Units already done before this process started (a resumed run)."""
-    self._done = self._start_done = done
-
   def add_done(self, done: int) -> None:
     """More units found done before this process started (a resumed chunk)."""
     self._done += done

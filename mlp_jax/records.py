@@ -16,10 +16,16 @@ A run directory (`python -m mlp_jax.main`, or `seed_<k>/` of a sweep):
 
 A sweep directory (`python -m experiments.sweep`):
 
-    sweep.json, environment.json   the sweep's settings and where it ran
-    seed_<k>/                      a run directory per seed
-    summary.csv, final.csv         statistics over the seeds
-    curves.png, tensorboard/       mean and 95% band; the mean per epoch
+    sweep.json, environment.json   the sweep's settings (and grid) and where it ran
+    seed_<k>/                      a run directory per seed; in a grid, per point:
+    <flag>=<value>/.../seed_<k>/   (mlp_jax.grid)
+    summary.csv, final.csv         statistics over the seeds (per grid point, with a
+                                   column per swept setting)
+    points.csv                     per grid point: final test accuracy (mean, std,
+                                   95% CI), rank, Welch's test against the best, and
+                                   the ensemble of its seeds (a sweep without a grid
+                                   is one point)
+    curves.png, tensorboard/       mean and 95% band (per point); the mean per epoch
     timing.json, checkpoints/      as above, for all the seeds
 
 This module imports neither jax nor flax (params are (de)serialised with flax
@@ -39,7 +45,7 @@ import hashlib
 import io
 import json
 import os
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -57,6 +63,7 @@ TENSORBOARD_DIR = 'tensorboard'
 SWEEP_FILE = 'sweep.json'
 SUMMARY_FILE = 'summary.csv'
 FINAL_FILE = 'final.csv'
+POINTS_FILE = 'points.csv'
 SEED_DIR = 'seed_{}'
 
 EPOCH_COLUMN = 'epoch'
@@ -70,19 +77,21 @@ DIVERGED_COLUMN = 'diverged_at_epoch'
 # What a run and a sweep write at their top level, removed by --overwrite (nothing else).
 RUN_ENTRIES = (CONFIG_FILE, ENVIRONMENT_FILE, HISTORY_FILE, PARAMS_FILE, TIMING_FILE,
                CURVES_FILE, TENSORBOARD_DIR, CHECKPOINT_DIR)
-SWEEP_ENTRIES = (SWEEP_FILE, ENVIRONMENT_FILE, SUMMARY_FILE, FINAL_FILE, CURVES_FILE,
-                 TENSORBOARD_DIR, TIMING_FILE, CHECKPOINT_DIR)
+SWEEP_ENTRIES = (SWEEP_FILE, ENVIRONMENT_FILE, SUMMARY_FILE, FINAL_FILE, POINTS_FILE,
+                 CURVES_FILE, TENSORBOARD_DIR, TIMING_FILE, CHECKPOINT_DIR)
 
 
 def seed_dir(sweep_dir: str, seed: int) -> str:
   return os.path.join(sweep_dir, SEED_DIR.format(seed))
 
 
-def chunk_checkpoint_dir(sweep_dir: str, seeds: Sequence[int]) -> str:
-  """Where a sweep keeps the checkpoints of a chunk of seeds: named by its seeds, so
-  the same command finds them again."""
-  digest = hashlib.sha1(','.join(map(str, seeds)).encode()).hexdigest()[:12]
-  return os.path.join(sweep_dir, CHECKPOINT_DIR, f'seeds-{seeds[0]}-{seeds[-1]}-{digest}')
+def chunk_checkpoint_dir(sweep_dir: str, keys: Sequence[Union[int, str]]) -> str:
+  """Where a sweep keeps the checkpoints of a chunk: named by its members (seeds,
+  or a grid's member names), so the same command finds them again."""
+  digest = hashlib.sha1(','.join(map(str, keys)).encode()).hexdigest()[:12]
+  if all(isinstance(k, int) for k in keys):
+    return os.path.join(sweep_dir, CHECKPOINT_DIR, f'seeds-{keys[0]}-{keys[-1]}-{digest}')
+  return os.path.join(sweep_dir, CHECKPOINT_DIR, f'members-{len(keys)}-{digest}')
 
 
 def is_sweep(path: str) -> bool:
@@ -306,6 +315,15 @@ def diverged_epochs(curves: Mapping[str, np.ndarray]) -> List[Any]:
   is not finite (the run diverged), or None."""
   bad = ~(np.isfinite(curves['train_loss']) & np.isfinite(curves['test_loss']))
   return [int(curves['epoch'][np.argmax(row)]) if row.any() else None for row in bad]
+
+
+def read_csv(path: str) -> List[Dict[str, str]]:
+  """The rows of a CSV file with a header (summary.csv, final.csv, points.csv)."""
+  try:
+    with open(path, newline='') as f:
+      return list(csv.DictReader(f))
+  except OSError as e:
+    raise UsageError(f'{path}: unreadable ({e.strerror or e})') from None
 
 
 def load_params(path: str) -> Dict[str, Any]:

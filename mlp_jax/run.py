@@ -16,24 +16,24 @@ import datetime
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
 
 from mlp_jax import environment, models, records
+from mlp_jax.checkpoints import RowKey
 from mlp_jax.config import BUNDLED_DATASET, TrainConfig
 from mlp_jax.data import Dataset, load_mnist
 from mlp_jax.driver import (Context, DriverOptions, DriverTiming, EpochReport, Member, Reporter,
                             check_chunk_fits, device_memory_bytes, seeds_that_fit,
                             sync_processes, train_members, writing_in)
 from mlp_jax.errors import UsageError
+from mlp_jax.grid import Grid, GridPoint, format_value, program_groups
+from mlp_jax.train import program_config
 from mlp_jax.progress import Progress
 from mlp_jax.sink import render_curves
 from mlp_jax.workdir import WorkdirError, lock, refuse_other_settings, remove_entries
-
-if TYPE_CHECKING:
-  from mlp_jax import stats  # pylint: disable=g-import-not-at-top
 
 # Seeds per chunk on a CPU when --chunk_size is auto (about 1.4 MB of state each for
 # the seed config): large enough that chunking costs nothing measurable.
@@ -136,12 +136,22 @@ class Layout:
   workdir: str
   sweep: bool
 
-  def run_dir(self, seed: int) -> str:
-    return records.seed_dir(self.workdir, seed) if self.sweep else self.workdir
+  def run_dir(self, seed: int, point: str = '') -> str:
+    """A seed's run directory (in a grid, under its point's directory)."""
+    if not self.sweep:
+      return self.workdir
+    return records.seed_dir(os.path.join(self.workdir, point) if point else self.workdir, seed)
 
-  def checkpoint_dir(self, seeds: Sequence[int]) -> str:
+  def member(self, config: TrainConfig, point: GridPoint) -> Member:
+    """The member training `config` (a seed of `point`), named in a grid by its run
+    directory within the sweep."""
+    run_dir = self.run_dir(config.seed, point.name)
+    name = os.path.relpath(run_dir, self.workdir) if point.settings else None
+    return Member(config, run_dir, name)
+
+  def checkpoint_dir(self, keys: Sequence[RowKey]) -> str:
     if self.sweep:
-      return records.chunk_checkpoint_dir(self.workdir, seeds)
+      return records.chunk_checkpoint_dir(self.workdir, keys)
     return os.path.join(self.workdir, records.CHECKPOINT_DIR)
 
   @property
@@ -167,11 +177,15 @@ class Layout:
                          'run needs its own workdir')
 
 
-def sweep_settings(config: TrainConfig, seeds: Sequence[int]) -> Dict[str, Any]:
-  """What sweep.json holds: everything that decides the sweep's numbers."""
+def sweep_settings(config: TrainConfig, seeds: Sequence[int], grid: Grid) -> Dict[str, Any]:
+  """What sweep.json holds: everything that decides the sweep's numbers (the config
+  of its first grid point, and the grid)."""
   shared = config.to_dict()
   del shared['seed']
-  return {'seeds': list(seeds), 'config': shared}
+  settings = {'seeds': list(seeds), 'config': shared}
+  if grid:
+    settings['grid'] = grid.to_json()
+  return settings
 
 
 def stored_vmap_width(layout: Layout) -> Optional[int]:
@@ -184,9 +198,10 @@ def stored_vmap_width(layout: Layout) -> Optional[int]:
 
 
 def resolve_vmap_width(seeds: int, layout: Layout, options: RunOptions) -> Tuple[int, bool]:
-  """--vmap_width=auto made concrete (see RunOptions.vmap_width): (the width, whether
-  it is yet to be fitted to device memory: a new choice on a GPU/TPU). A workdir
-  keeps the width it was started with, so a resumed seed keeps its numbers."""
+  """--vmap_width=auto made concrete (see RunOptions.vmap_width) for programs of
+  `seeds` members: (the width, whether it is yet to be fitted to device memory: a
+  new choice on a GPU/TPU). A workdir keeps the width it was started with, so a
+  resumed seed keeps its numbers."""
   if options.vmap_width is not None:
     return options.vmap_width, False
   stored = None if options.overwrite else stored_vmap_width(layout)
@@ -202,19 +217,14 @@ def resolve_vmap_width(seeds: int, layout: Layout, options: RunOptions) -> Tuple
   return max(1, per_device), True
 
 
-def fit_to_device_memory(config: TrainConfig, ctx: Context, dataset: Dataset
-                         ) -> Tuple[TrainConfig, Context]:
+def fitted_width(ctx: Context, width: int) -> int:
   """An automatic vmap width narrowed to what fits in device memory: measured on the
-  compiled programs of the planned width (kept for training when they fit)."""
+  compiled programs of `ctx` at that width (kept for training when they fit)."""
   limit = device_memory_bytes()
   if limit is None:
-    return config, ctx
-  per_seed, fixed = ctx.programs.bytes_per_seed(config.vmap_width * ctx.mesh.size)
-  fit = max(1, seeds_that_fit(per_seed, fixed, limit))
-  if config.vmap_width <= fit:
-    return config, ctx
-  config = config.replace(vmap_width=fit)
-  return config, Context.create(config, dataset)
+    return width
+  per_seed, fixed = ctx.programs.bytes_per_seed(width * ctx.mesh.size)
+  return min(width, max(1, seeds_that_fit(per_seed, fixed, limit)))
 
 
 def resolve_chunk_size(config: TrainConfig, options: RunOptions, ctx: Context) -> int:
@@ -257,21 +267,30 @@ def prepare_run_dirs(members: Sequence[Member], env: Dict[str, Any], overwrite: 
       records.write_json(os.path.join(member.run_dir, records.ENVIRONMENT_FILE), env)
 
 
-def prepare_sweep_dir(layout: Layout, settings: Dict[str, Any], seeds: Sequence[int],
+def sweep_run_dirs(settings: Dict[str, Any]) -> List[str]:
+  """The run directories (relative to the sweep) of the members sweep.json lists."""
+  points = ['']
+  for flag, values in (settings.get('grid') or {}).items():
+    points = [os.path.join(p, f'{flag}={format_value(tuple(v) if isinstance(v, list) else v)}')
+              for p in points for v in values]
+  return [records.seed_dir(p, s) for p in points for s in settings.get('seeds', [])]
+
+
+def prepare_sweep_dir(layout: Layout, settings: Dict[str, Any], members: Sequence[Member],
                       env: Dict[str, Any], overwrite: bool, write: bool) -> None:
   """Checks sweep.json against `settings`; with `overwrite` deletes the previous
-  sweep's summaries and checkpoints and the seed directories of seeds it listed
-  that this one does not (the listed ones are started over per seed)."""
+  sweep's summaries and checkpoints and the run directories of members it listed
+  that this one does not (the listed ones are started over per member)."""
   path = layout.settings_file
   if os.path.exists(path) and not overwrite:
     refuse_other_settings(layout.workdir, records.read_json_object(path), settings)
   if not write:
     return
   if overwrite:
-    previous = records.read_json_object(path).get('seeds', []) if os.path.exists(path) else []
-    dropped = sorted(set(previous) - set(seeds))
-    remove_entries(layout.workdir, [*records.SWEEP_ENTRIES, *(
-        os.path.basename(records.seed_dir(layout.workdir, s)) for s in dropped)])
+    previous = sweep_run_dirs(records.read_json_object(path)) if os.path.exists(path) else []
+    kept = {os.path.relpath(m.run_dir, layout.workdir) for m in members}
+    remove_entries(layout.workdir, [*records.SWEEP_ENTRIES,
+                                    *sorted(set(previous) - kept)])
   if not os.path.exists(path):
     records.write_json(path, settings)
   if not os.path.exists(os.path.join(layout.workdir, records.ENVIRONMENT_FILE)):
@@ -282,67 +301,108 @@ def prepare_sweep_dir(layout: Layout, settings: Dict[str, Any], seeds: Sequence[
 class Outcome:
   """What `train` did: the members, their final test accuracy, and the timing."""
   members: List[Member]
-  final_test_accuracy: np.ndarray   # float64[seeds]
+  final_test_accuracy: np.ndarray   # float64[members]
   timing: DriverTiming
   trained: bool                     # False: everything was already complete
 
 
 def train(config: TrainConfig, seeds: Sequence[int], layout: Layout, options: RunOptions,
-          reporter: Reporter, started: float, dataset: Optional[Dataset] = None
-          ) -> Optional[Outcome]:
-  """Trains (or resumes) `seeds` of `config` into `layout`; None on processes but 0
-  (process 0 writes what follows training).
+          reporter: Reporter, started: float, dataset: Optional[Dataset] = None,
+          grid: Grid = Grid()) -> Optional[Outcome]:
+  """Trains (or resumes) `seeds` of every point of `grid` (of `config` alone without
+  one) into `layout`; None on processes but 0 (process 0 writes what follows
+  training).
 
+  Members that differ only in traced settings (train.TRACED_SETTINGS) share one
+  compiled program and its chunks; each other program trains after the one before.
   `dataset`: the data to train on (default: the config's, loaded and verified).
   """
   options.validate()
+  points = grid.points(config)
   dataset = load_data(config) if dataset is None else dataset
+  for point in points:
+    point.config.validate(train_size=len(dataset.train_labels))
   timing = DriverTiming()
   with lock(layout.workdir, jax.process_index()), writing_in(layout.workdir):
     layout.refuse_the_other_layout()
-    width, to_fit = resolve_vmap_width(len(seeds), layout, options)
-    config = config.replace(vmap_width=width).validate()
-    ctx = None
-    # --overwrite starts every seed over (prepare_run_dirs deletes their records).
-    if options.overwrite or not all(records.is_complete(layout.run_dir(s)) for s in seeds):
-      ctx = Context.create(config, dataset)
-      if to_fit:
-        config, ctx = fit_to_device_memory(config, ctx, dataset)
+    members = [layout.member(p.config.replace(seed=s), p) for p in points for s in seeds]
+    groups = program_groups(members, lambda m: program_config(m.config))
+    width, to_fit = resolve_vmap_width(max(map(len, groups)), layout, options)
+    # --overwrite starts every member over (prepare_run_dirs deletes their records).
+    due = [options.overwrite or not all(records.is_complete(m.run_dir) for m in group)
+           for group in groups]
+    contexts = create_contexts(groups, due, width, dataset)
+    if to_fit and any(due):
+      fitted = min(fitted_width(ctx, width) for ctx in contexts if ctx is not None)
+      if fitted < width:
+        width, contexts = fitted, create_contexts(groups, due, fitted, dataset)
+    # Point by point (the order of the records); grouped by program to train.
+    members = [dataclasses.replace(m, config=m.config.replace(vmap_width=width))
+               for m in members]
+    groups = program_groups(members, lambda m: program_config(m.config))
     env = environment.describe(dataset)
-    members = [Member(config.replace(seed=s), layout.run_dir(s)) for s in seeds]
     first = jax.process_index() == 0
     if layout.sweep:
-      prepare_sweep_dir(layout, sweep_settings(config, seeds), seeds, env, options.overwrite,
-                        write=first)
+      prepare_sweep_dir(layout, sweep_settings(members[0].config, seeds, grid), members, env,
+                        options.overwrite, write=first)
     prepare_run_dirs(members, env, options.overwrite, write=first)
     sync_processes('mlp_jax: run directories ready')
     if not layout.sweep:
-      width = f' (vmap width {config.vmap_width})' if config.vmap_width > 1 else ''
-      print(f'mlp_jax: run in {layout.workdir}{width}', flush=True)
-    progress = Progress(len(seeds) * config.epochs, unit='seed-epochs' if layout.sweep
+      shown = f' (vmap width {width})' if width > 1 else ''
+      print(f'mlp_jax: run in {layout.workdir}{shown}', flush=True)
+    epochs = config.epochs
+    progress = Progress(len(members) * epochs, unit='seed-epochs' if layout.sweep
                         else 'epochs', out=sys.stdout, bar=sys.stderr)
     try:
-      if ctx is not None:
-        driver_options = DriverOptions(resolve_chunk_size(config, options, ctx),
+      for group, ctx in zip(groups, contexts):
+        if ctx is None:
+          progress.add_done(len(group) * epochs)
+          continue
+        driver_options = DriverOptions(resolve_chunk_size(group[0].config, options, ctx),
                                        options.checkpoint_every, options.keep_checkpoints,
                                        options.tensorboard, options.stop_on_divergence)
         if layout.sweep:
-          print(f'sweep: {len(seeds)} seeds x {config.epochs} epochs, vmap width '
-                f'{config.vmap_width}, chunks of {driver_options.chunk_size} over '
+          print(f'sweep: {sweep_shape(len(points), len(seeds), len(group), epochs)}, vmap '
+                f'width {width}, chunks of {driver_options.chunk_size} over '
                 f'{jax.device_count()} device(s) in {jax.process_count()} process(es); '
                 f'writing to {layout.workdir}', flush=True)
-        train_members(members, ctx, driver_options, layout.checkpoint_dir, reporter, progress,
+        train_members(group, ctx, driver_options, layout.checkpoint_dir, reporter, progress,
                       timing, started, layout.saved_checkpoint_dirs())
     finally:
       progress.close()
     sync_processes('mlp_jax: all seeds trained')
     if jax.process_index() != 0:
       return None
-    return finish(config, members, layout, options, timing, started)
+    return finish(points, members, layout, options, timing, started, dataset)
 
 
-def finish(config: TrainConfig, members: List[Member], layout: Layout, options: RunOptions,
-           timing: DriverTiming, started: float) -> Outcome:
+def create_contexts(groups: Sequence[Sequence[Member]], due: Sequence[bool], width: int,
+                    dataset: Dataset) -> List[Optional[Context]]:
+  """A Context (compiled programs at vmap width `width`) for each group that is
+  due to train (None for the others); the data goes on the devices once."""
+  contexts: List[Optional[Context]] = []
+  shared = None
+  for group, needed in zip(groups, due):
+    ctx = None
+    if needed:
+      ctx = Context.create(group[0].config.replace(vmap_width=width), dataset, like=shared)
+      shared = shared or ctx
+    contexts.append(ctx)
+  return contexts
+
+
+def sweep_shape(points: int, seeds: int, members: int, epochs: int) -> str:
+  """'10 seeds x 3 epochs', or for a grid '3 grid points x 10 seeds: 30 members (of
+  this program) x 3 epochs'."""
+  if points == 1:
+    return f'{seeds} seeds x {epochs} epochs'
+  return (f'{points} grid points x {seeds} seeds: {members} members of this program x '
+          f'{epochs} epochs')
+
+
+def finish(points: Sequence[GridPoint], members: List[Member], layout: Layout,
+           options: RunOptions, timing: DriverTiming, started: float, dataset: Dataset
+           ) -> Outcome:
   """What follows training: curves, a sweep's summaries, timing.json (written only
   when something was trained, or missing)."""
   tick = time.perf_counter()
@@ -356,8 +416,7 @@ def finish(config: TrainConfig, members: List[Member], layout: Layout, options: 
   timing_path = os.path.join(layout.workdir, records.TIMING_FILE)
   trained = bool(timing.seed_epochs) or not os.path.exists(timing_path)
   if trained and layout.sweep:
-    write_summaries(layout.workdir, config, [m.config.seed for m in members], curves,
-                    options.tensorboard)
+    write_summaries(layout.workdir, points, members, options.tensorboard, dataset)
   timing.summary_seconds = time.perf_counter() - tick
   if trained:
     timing.total_seconds = time.perf_counter() - started
@@ -365,25 +424,49 @@ def finish(config: TrainConfig, members: List[Member], layout: Layout, options: 
   return Outcome(members, curves['test_accuracy'][:, -1], timing, bool(timing.seed_epochs))
 
 
-def write_summaries(workdir: str, config: TrainConfig, seeds: Sequence[int],
-                    curves: Dict[str, np.ndarray], tensorboard: bool) -> None:
-  """summary.csv, final.csv, curves.png (and the mean's TensorBoard events) of a sweep."""
+def write_summaries(workdir: str, points: Sequence[GridPoint], members: Sequence[Member],
+                    tensorboard: bool, dataset: Dataset) -> None:
+  """A sweep's statistics, per grid point (a sweep without a grid is one point):
+  summary.csv, final.csv, points.csv (ranked, with each point's ensemble),
+  curves.png (a band per point) and the mean's TensorBoard events."""
   # Imported here: scipy and matplotlib take a second of a single run's start-up.
-  from mlp_jax import plots, stats  # pylint: disable=g-import-not-at-top
-  records.write_csv(os.path.join(workdir, records.SUMMARY_FILE), stats.summary_rows(curves))
-  final = stats.final_rows(list(seeds), curves['test_accuracy'])
-  for row, epoch in zip(final, records.diverged_epochs(curves)):
-    row[records.DIVERGED_COLUMN] = '' if epoch is None else str(epoch)
+  from mlp_jax import inference, plots, stats  # pylint: disable=g-import-not-at-top
+  per_point = len(members) // len(points)
+  summary, final, bands, correct = [], [], [], []
+  for i, point in enumerate(points):
+    mine = members[i * per_point:(i + 1) * per_point]
+    run_dirs = [m.run_dir for m in mine]
+    curves = records.read_curves(run_dirs)
+    summary += [{**point.cells, **row} for row in stats.summary_rows(curves)]
+    rows = stats.final_rows([m.config.seed for m in mine], curves['test_accuracy'])
+    for row, epoch in zip(rows, records.diverged_epochs(curves)):
+      row[records.DIVERGED_COLUMN] = '' if epoch is None else str(epoch)
+    final += [{**point.cells, **row} for row in rows]
+    bands.append((point, curves))
+    correct.append(inference.ensemble_correct(run_dirs, dataset.test_images,
+                                              dataset.test_labels))
+  records.write_csv(os.path.join(workdir, records.SUMMARY_FILE), summary)
   records.write_csv(os.path.join(workdir, records.FINAL_FILE), final)
-  plots.plot_band(curves, os.path.join(workdir, records.CURVES_FILE),
-                  f'{models.describe(config)}, {len(seeds)} seeds: mean final test accuracy '
-                  f'{curves["test_accuracy"][:, -1].mean():.4f}')
+  records.write_csv(os.path.join(workdir, records.POINTS_FILE), stats.point_rows(
+      [p.cells for p in points], [c['test_accuracy'][:, -1] for _, c in bands],
+      [records.format_fraction(n, len(dataset.test_labels)) for n in correct]))
+  config = points[0].config
+  if len(points) == 1:
+    curves = bands[0][1]
+    plots.plot_band(curves, os.path.join(workdir, records.CURVES_FILE),
+                    f'{models.describe(config)}, {per_point} seeds: mean final test accuracy '
+                    f'{curves["test_accuracy"][:, -1].mean():.4f}')
+  else:
+    plots.plot_bands([(p.name.replace('/', ', '), c) for p, c in bands],
+                     os.path.join(workdir, records.CURVES_FILE),
+                     f'{len(points)} grid points x {per_point} seeds: mean and 95% CI')
   if tensorboard:
     from mlp_jax.tensorboard import EpochWriter  # pylint: disable=g-import-not-at-top
-    writer = EpochWriter([os.path.join(workdir, records.TENSORBOARD_DIR)])
+    writer = EpochWriter([os.path.join(workdir, records.TENSORBOARD_DIR, p.name)
+                          for p in points])
     try:
-      for i, epoch in enumerate(curves['epoch']):
-        writer.write(int(epoch), {m: curves[m][:, i].mean(keepdims=True)
+      for i, epoch in enumerate(bands[0][1]['epoch']):
+        writer.write(int(epoch), {m: np.array([c[m][:, i].mean() for _, c in bands])
                                   for m in records.METRIC_COLUMNS})
     finally:
       writer.close()
@@ -405,8 +488,10 @@ def sweep_line(report: EpochReport) -> str:
   seeds = [c.seed for c in report.configs]
   spread = (f' ± {accuracy.std(ddof=1):.4f} [{accuracy.min():.4f}, {accuracy.max():.4f}]'
             if len(seeds) > 1 else '')
-  return (f'epoch {report.epoch:>{len(str(epochs))}}/{epochs}  '
-          f'{len(seeds)} seed(s) {seeds[0]}..{seeds[-1]}  '
+  points = len({c.replace(seed=0) for c in report.configs})
+  who = (f'{len(seeds)} seed(s) {seeds[0]}..{seeds[-1]}' if points == 1 else
+         f'{len(seeds)} members of {points} grid points')
+  return (f'epoch {report.epoch:>{len(str(epochs))}}/{epochs}  {who}  '
           f'test acc mean {accuracy.mean():.4f}{spread}  train loss mean {loss.mean():.4f}  '
           f'{report.epoch_seconds:.2f}s + eval {report.eval_seconds:.2f}s')
 
@@ -449,23 +534,49 @@ def train_and_evaluate(config: TrainConfig, workdir: Optional[str] = None,
 
 
 def train_sweep(config: TrainConfig, seeds: Sequence[int], workdir: Optional[str] = None,
-                options: RunOptions = RunOptions(),
-                started: Optional[float] = None) -> Optional['stats.Summary']:
-  """Trains (or resumes) every seed of a sweep into `workdir` and writes its
-  summaries; returns the final test accuracy's summary (None on processes but 0)."""
+                options: RunOptions = RunOptions(), started: Optional[float] = None,
+                grid: Grid = Grid()) -> Optional[List[Dict[str, str]]]:
+  """Trains (or resumes) every seed of a sweep (of every point of `grid`) into
+  `workdir` and writes its summaries; returns points.csv's rows, best first (None
+  on processes but 0)."""
   started = time.perf_counter() if started is None else started
   workdir = workdir or default_workdir(f'sweep{seeds[0]}')
-  outcome = train(config, seeds, Layout(workdir, sweep=True), options, sweep_line, started)
+  outcome = train(config, seeds, Layout(workdir, sweep=True), options, sweep_line, started,
+                  grid=grid)
   if outcome is None:
     return None
-  from mlp_jax import stats  # pylint: disable=g-import-not-at-top
-  final = stats.summarize(outcome.final_test_accuracy)
   if not outcome.trained:
     print(f'sweep: {workdir} holds a complete sweep; nothing to do', flush=True)
-  spread = (f' ± {final.std:.4f} (std), 95% CI [{final.ci95_low:.4f}, {final.ci95_high:.4f}]'
-            if final.n > 1 else '')
+  points = records.read_csv(os.path.join(workdir, records.POINTS_FILE))
   timing = outcome.timing
-  print(f'sweep: final test accuracy over {final.n} seed(s): mean {final.mean:.4f}{spread}; '
-        f'{timing.seed_epochs} seed-epochs trained in {timing.train_seconds:.1f}s; '
+  if grid:
+    print(points_table(points, grid.flags), flush=True)
+  else:
+    p = points[0]
+    spread = (f' ± {float(p["std"]):.4f} (std), 95% CI [{float(p["ci95_low"]):.4f}, '
+              f'{float(p["ci95_high"]):.4f}]' if int(p['n']) > 1 else '')
+    print(f'sweep: final test accuracy over {p["n"]} seed(s): mean {float(p["mean"]):.4f}'
+          f'{spread}; ensemble of the seeds {float(p["ensemble_test_accuracy"]):.4f}', flush=True)
+  print(f'sweep: {timing.seed_epochs} seed-epochs trained in {timing.train_seconds:.1f}s; '
         f'records in {workdir}', flush=True)
-  return final
+  return points
+
+
+def points_table(points: Sequence[Dict[str, str]], flags: Sequence[str]) -> str:
+  """points.csv's rows as the console table a grid sweep ends with."""
+  header = ['rank', *flags, 'seeds', 'final test acc', '95% CI', 'ensemble', 'vs best',
+            'Welch p']
+  lines = [header]
+  for p in points:
+    number = lambda key, digits=4: f'{float(p[key]):.{digits}f}' if p[key] else '-'
+    lines.append([p['rank'], *(p[f] for f in flags), p['n'],
+                  f'{number("mean")} ± {number("std")}',
+                  f'[{number("ci95_low")}, {number("ci95_high")}]',
+                  number('ensemble_test_accuracy'),
+                  f'{float(p["difference_to_best"]):+.4f}' if p['difference_to_best'] else '-',
+                  f'{float(p["welch_p_value"]):.3g}' if p['welch_p_value'] else '-'])
+  widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+  title = ('grid: ranked by mean final test accuracy (± std); Welch\'s t-test of each '
+           'point against the best')
+  return '\n'.join([title] + ['  '.join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip()
+                               for line in lines])

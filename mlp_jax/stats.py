@@ -211,3 +211,42 @@ def final_rows(seeds: Sequence[int], test_accuracy) -> List[Dict[str, str]]:
     rows.append({'seed': str(int(seed)), 'final_test_accuracy': _text(run[-1]),
                  'best_test_accuracy': _text(run[best]), 'best_epoch': str(best + 1)})
   return rows
+
+
+POINT_COLUMNS = ('rank', 'n', 'mean', 'std', 'ci95_low', 'ci95_high', 'ensemble_test_accuracy',
+                 'difference_to_best', 'welch_p_value')
+
+
+def point_rows(settings: Sequence[Mapping[str, str]],
+               final_test_accuracy: Sequence[Sequence[float]],
+               ensemble: Sequence[str]) -> List[Dict[str, str]]:
+  """Rows of points.csv: one per grid point, ranked by mean final test accuracy.
+
+  Args:
+    settings: each point's swept settings as {flag: text} (empty without a grid).
+    final_test_accuracy: each point's final test accuracy, one value per seed.
+    ensemble: each point's ensemble test accuracy, as text.
+
+  Returns:
+    Dicts keyed by the settings and POINT_COLUMNS, best first (rank 1; ties keep
+    the grid's order). difference_to_best and welch_p_value compare each point
+    with the best (Welch's t-test); empty on the best's own row.
+  """
+  summaries = [summarize(values) for values in final_test_accuracy]
+  order = sorted(range(len(summaries)), key=lambda i: -summaries[i].mean)
+  best = order[0]
+  rows = []
+  for rank, i in enumerate(order, start=1):
+    s = summaries[i]
+    row = {**settings[i], 'rank': str(rank), 'n': str(s.n),
+           **{field: _text(getattr(s, field)) for field in ('mean', 'std', 'ci95_low',
+                                                            'ci95_high')},
+           'ensemble_test_accuracy': ensemble[i], 'difference_to_best': '',
+           'welch_p_value': ''}
+    if i != best:
+      testable = min(s.n, summaries[best].n) > 1  # else no variance to test with
+      row['difference_to_best'] = _text(s.mean - summaries[best].mean)
+      row['welch_p_value'] = _text(welch(final_test_accuracy[i], final_test_accuracy[best])
+                                   .p_value if testable else math.nan)
+    rows.append(row)
+  return rows

@@ -4,12 +4,19 @@ The shape follows PureJaxRL: `make_trainer(config)` closes over the static setti
 and returns pure functions of one seed,
 
     state = trainer.init(*seed_keys(config))
-    state, train_metrics = trainer.train_epoch(state, train_images, train_labels)
+    state, train_metrics = trainer.train_epoch(state, hyperparameters(config),
+                                               train_images, train_labels)
     test_metrics = trainer.evaluate(state, test_images, test_labels)
 
 `RunState` holds everything a run needs to continue (it is what a checkpoint
 captures), so a seed sweep maps the same functions over a leading seed axis
 (`map_over_seeds`) and a sharded sweep splits that axis over devices.
+
+The settings that change no array shape (TRACED_SETTINGS: the learning rate, the
+dropout rate) are not baked into the program: `train_epoch` takes them as
+traced float32 values (`hyperparameters(config)`), so members of a grid that
+differ only in them share one compiled program and vectorise like seeds, and a
+single run computes exactly what its grid member computes.
 
 One epoch is one compiled call: the training set lives on the device as uint8,
 `jax.lax.scan` runs the optimizer steps, and each step gathers, casts (and, with
@@ -44,6 +51,8 @@ _NOISE_STREAM = 2
 EVAL_BATCH = 1000
 # Random shifts of --augment: up to this many pixels in each direction.
 MAX_SHIFT = 2
+# Settings that are inputs of the compiled program rather than part of it.
+TRACED_SETTINGS = ('learning_rate', 'dropout')
 
 
 class RunState(NamedTuple):
@@ -68,10 +77,14 @@ class RunState(NamedTuple):
   noise_key: jnp.ndarray
 
 
+Hyperparameters = Dict[str, jnp.ndarray]
+
+
 class Trainer(NamedTuple):
   """Pure per-seed functions built from one config; see the module docstring."""
   init: Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], RunState]
-  train_epoch: Callable[[RunState, jnp.ndarray, jnp.ndarray], Tuple[RunState, Metrics]]
+  train_epoch: Callable[[RunState, Hyperparameters, jnp.ndarray, jnp.ndarray],
+                        Tuple[RunState, Metrics]]
   evaluate: Callable[[RunState, jnp.ndarray, jnp.ndarray], Metrics]
   steps_per_epoch: int
   examples_per_epoch: int
@@ -91,6 +104,21 @@ def seed_keys(config: TrainConfig) -> Tuple[jnp.ndarray, jnp.ndarray, jnp.ndarra
   return (jax.random.fold_in(jax.random.PRNGKey(init_seed), _INIT_STREAM),
           jax.random.fold_in(jax.random.PRNGKey(data_seed), _ORDER_STREAM),
           jax.random.fold_in(jax.random.PRNGKey(data_seed), _NOISE_STREAM))
+
+
+def hyperparameters(config: TrainConfig) -> Dict[str, np.ndarray]:
+  """The config's TRACED_SETTINGS as float32 scalars, the per-seed input of
+  `train_epoch` (numpy: stacked over seeds by the driver)."""
+  return {name: np.float32(getattr(config, name)) for name in TRACED_SETTINGS}
+
+
+def program_config(config: TrainConfig) -> TrainConfig:
+  """`config` with everything that is an input of the compiled programs (seeds,
+  TRACED_SETTINGS) set to fixed values: configs that agree here share programs.
+  Whether there is dropout at all stays (a rate of 0 has no dropout layer)."""
+  return config.replace(seed=0, init_seed=None, data_seed=None,
+                        learning_rate=TrainConfig.learning_rate,
+                        dropout=0.5 if config.dropout else 0.0)
 
 
 def permutation(key: jnp.ndarray, n: int) -> jnp.ndarray:
@@ -154,18 +182,27 @@ def epoch_metrics(train_metrics: Metrics, test_metrics: Metrics, train_examples:
   }
 
 
-def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
-  """Adam with the config's learning-rate schedule (indexed by optimizer step)."""
+def make_optimizer(config: TrainConfig, steps_per_epoch: int,
+                   learning_rate: Any = None) -> optax.GradientTransformation:
+  """Adam with the config's learning-rate schedule (indexed by optimizer step).
+
+  `learning_rate`: the peak rate, a float or a traced float32[] (default: the
+  config's). The optimizer's state does not depend on it.
+  """
+  peak = config.learning_rate if learning_rate is None else learning_rate
   total = config.epochs * steps_per_epoch
   if config.lr_schedule == 'cosine':
-    learning_rate = optax.cosine_decay_schedule(config.learning_rate, decay_steps=total)
+    schedule = optax.cosine_decay_schedule(peak, decay_steps=total)
   elif config.lr_schedule == 'warmup_cosine':
-    learning_rate = optax.warmup_cosine_decay_schedule(
-        0.0, config.learning_rate, warmup_steps=min(steps_per_epoch, total // 2),
-        decay_steps=total)
+    # optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total), written out:
+    # that one compares the peak with 0 in Python, which a traced peak cannot do.
+    warmup = min(steps_per_epoch, total // 2)
+    schedule = optax.join_schedules(
+        [optax.linear_schedule(0.0, peak, warmup),
+         optax.cosine_decay_schedule(peak, decay_steps=total - warmup)], [warmup])
   else:
-    learning_rate = config.learning_rate
-  return optax.adam(learning_rate)
+    schedule = peak
+  return optax.adam(schedule)
 
 
 def make_trainer(config: TrainConfig, train_size: int, num_classes: int = 10) -> Trainer:
@@ -179,16 +216,16 @@ def make_trainer(config: TrainConfig, train_size: int, num_classes: int = 10) ->
   model = create_model(config, num_classes)
   batch_size = config.batch_size
   steps_per_epoch = train_size // batch_size
-  optimizer = make_optimizer(config, steps_per_epoch)
+  init_optimizer = make_optimizer(config, steps_per_epoch).init
 
   def init(init_key: jnp.ndarray, order_key: jnp.ndarray, noise_key: jnp.ndarray) -> RunState:
     variables = model.init(init_key, jnp.zeros((1, 784), jnp.float32))
     params = variables.pop('params')
     return RunState(epoch=jnp.zeros((), jnp.int32), params=params, model_state=dict(variables),
-                    opt_state=optimizer.init(params), order_key=order_key,
+                    opt_state=init_optimizer(params), order_key=order_key,
                     noise_key=noise_key)
 
-  def train_step(params, model_state, opt_state, images, labels, key):
+  def train_step(params, model_state, opt_state, hparams, images, labels, key):
     dropout_key, shift_key = jax.random.split(key)
     if config.augment:
       images = random_shifts(shift_key, images)
@@ -196,21 +233,23 @@ def make_trainer(config: TrainConfig, train_size: int, num_classes: int = 10) ->
     def loss_fn(p):
       variables = {'params': p, **model_state}
       pixels, rngs = to_pixels(images), {'dropout': dropout_key}
+      options = dict(train=True, rngs=rngs, dropout_rate=hparams['dropout'])
       if model_state:
-        logits, updated = model.apply(variables, pixels, train=True, rngs=rngs,
-                                      mutable=list(model_state))
+        logits, updated = model.apply(variables, pixels, mutable=list(model_state), **options)
       else:
-        logits, updated = model.apply(variables, pixels, train=True, rngs=rngs), {}
+        logits, updated = model.apply(variables, pixels, **options), {}
       loss, correct = loss_and_correct(logits, labels)
       return loss.mean(), (correct.sum(dtype=jnp.int32), updated)
 
     (loss, (correct, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    optimizer = make_optimizer(config, steps_per_epoch, hparams['learning_rate'])
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), dict(model_state), opt_state, loss, correct
 
-  def train_epoch(state: RunState, images: jnp.ndarray, labels: jnp.ndarray
-                  ) -> Tuple[RunState, Metrics]:
-    """One pass over uint8 images[N, 784] / labels[N].
+  def train_epoch(state: RunState, hparams: Hyperparameters, images: jnp.ndarray,
+                  labels: jnp.ndarray) -> Tuple[RunState, Metrics]:
+    """One pass over uint8 images[N, 784] / labels[N], with the float32[] values of
+    TRACED_SETTINGS in `hparams` (`hyperparameters(config)`).
 
     Returns the new state and {'train_loss': mean of the batch losses (float32[]),
     'train_correct': correct predictions over the epoch (int32[])}.
@@ -223,7 +262,7 @@ def make_trainer(config: TrainConfig, train_size: int, num_classes: int = 10) ->
       params, model_state, opt_state = carry
       index, batch_indices = inputs
       params, model_state, opt_state, loss, correct = train_step(
-          params, model_state, opt_state, images[batch_indices], labels[batch_indices],
+          params, model_state, opt_state, hparams, images[batch_indices], labels[batch_indices],
           jax.random.fold_in(epoch_noise, index))
       return (params, model_state, opt_state), (loss, correct)
 

@@ -151,10 +151,9 @@ def test_an_automatic_width_narrows_to_what_fits_in_device_memory(subset, monkey
   per_seed, fixed = ctx.programs.bytes_per_seed(8)
   limit = int((fixed + 3.5 * per_seed) / driver.MEMORY_SHARE)  # room for 3 seeds
   monkeypatch.setattr(run, 'device_memory_bytes', lambda: limit)
-  narrowed, narrowed_ctx = run.fit_to_device_memory(config, ctx, subset)
-  assert narrowed.vmap_width == 3 and narrowed_ctx is not ctx
+  assert run.fitted_width(ctx, 8) == 3
   monkeypatch.setattr(run, 'device_memory_bytes', lambda: 100 * limit)
-  assert run.fit_to_device_memory(config, ctx, subset) == (config, ctx)
+  assert run.fitted_width(ctx, 8) == 8
 
 
 def test_a_single_run_and_a_sweep_never_share_a_workdir(subset, tmp_path):

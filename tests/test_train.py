@@ -25,7 +25,7 @@ def test_epochs_lower_the_loss_and_raise_accuracy(subset):
   epoch = jax.jit(trainer.train_epoch)
   losses = []
   for _ in range(3):
-    state, metrics = epoch(state, x, y)
+    state, metrics = epoch(state, train.hyperparameters(config), x, y)
     losses.append(float(metrics['train_loss']))
   after = trainer.evaluate(state, xt, yt)
   assert losses[0] > losses[1] > losses[2]
@@ -39,7 +39,8 @@ def test_last_partial_batch_is_dropped(subset):
   trainer = train.make_trainer(TrainConfig(batch_size=100), train_size=x.shape[0])
   assert trainer.steps_per_epoch == 20 and trainer.examples_per_epoch == 2000
   state = trainer.init(*train.seed_keys(TrainConfig()))
-  state, metrics = jax.jit(trainer.train_epoch)(state, x, y)
+  hparams = train.hyperparameters(TrainConfig())
+  state, metrics = jax.jit(trainer.train_epoch)(state, hparams, x, y)
   assert int(state.opt_state[0].count) == 20
   assert 0 <= int(metrics['train_correct']) <= 2000
 
@@ -48,8 +49,9 @@ def test_train_epoch_is_a_pure_function_of_its_state(subset):
   x, y, _, _ = subset
   trainer = train.make_trainer(TrainConfig(batch_size=256), train_size=x.shape[0])
   state = trainer.init(*train.seed_keys(TrainConfig()))
-  a, _ = trainer.train_epoch(state, x, y)
-  b, _ = trainer.train_epoch(state, x, y)
+  hparams = train.hyperparameters(TrainConfig())
+  a, _ = trainer.train_epoch(state, hparams, x, y)
+  b, _ = trainer.train_epoch(state, hparams, x, y)
   assert all(np.array_equal(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
@@ -87,11 +89,12 @@ def test_every_option_trains_reproducibly(options, subset):
   trainer = train.make_trainer(config, train_size=1024)
   epoch = jax.jit(trainer.train_epoch)
   state = trainer.init(*train.seed_keys(config))
-  first, m1 = epoch(state, x[:1024], y[:1024])
-  again, m2 = epoch(state, x[:1024], y[:1024])
+  hparams = train.hyperparameters(config)
+  first, m1 = epoch(state, hparams, x[:1024], y[:1024])
+  again, m2 = epoch(state, hparams, x[:1024], y[:1024])
   assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves((first, m1)),
                                                   jax.tree.leaves((again, m2))))
-  second, m3 = epoch(first, x[:1024], y[:1024])
+  second, m3 = epoch(first, hparams, x[:1024], y[:1024])
   assert float(m3['train_loss']) < float(m1['train_loss'])
   evaluated = [trainer.evaluate(second, xt, yt) for _ in range(2)]
   assert np.array_equal(evaluated[0]['test_loss'], evaluated[1]['test_loss'])
@@ -103,7 +106,8 @@ def test_batch_norm_statistics_are_carried_in_the_state(subset):
   trainer = train.make_trainer(config, train_size=1024)
   state = trainer.init(*train.seed_keys(config))
   stats = state.model_state['batch_stats']
-  trained, _ = trainer.train_epoch(state, x[:1024], y[:1024])
+  trained, _ = trainer.train_epoch(state, train.hyperparameters(config), x[:1024],
+                                    y[:1024])
   # Training updates the running averages ...
   assert not np.array_equal(jax.tree.leaves(trained.model_state)[0], jax.tree.leaves(stats)[0])
   # ... and evaluation reads them without changing the state.
