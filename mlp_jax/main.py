@@ -6,9 +6,11 @@ under runs/). Running the same command again on the same workdir resumes an
 interrupted run. `--vmap_width=W` replays seed --seed of a width-W sweep.
 """
 
+import gc
 import time
 
 _STARTED = time.perf_counter()
+gc.disable()  # while importing: see cli.settle_garbage_collector
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags
@@ -17,6 +19,8 @@ from mlp_jax import cli, environment
 from mlp_jax.flags import (config_from_flags, define_run_flags, define_training_flags,
                            reject_extra_arguments, run_options_from_flags)
 from mlp_jax.run import train_and_evaluate
+
+cli.settle_garbage_collector()
 
 define_training_flags()
 define_run_flags()
