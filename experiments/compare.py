@@ -72,8 +72,9 @@ import numpy as np
 from absl import flags
 
 from mlp_jax import cli
-from mlp_jax.records import (CONFIG_FILE, ENVIRONMENT_FILE, HISTORY_FILE, SWEEP_FILE, History,
-                             SEED_DIR, TIMING_SUFFIX, read_history, read_json_object, seed_dir)
+from mlp_jax.records import (CONFIG_FILE, ENVIRONMENT_FILE, HISTORY_FILE, POINTS_FILE,
+                             SWEEP_FILE, History, SEED_DIR, TIMING_SUFFIX, read_history,
+                             read_json_object, seed_dir, sweep_run_dirs)
 from mlp_jax.errors import UsageError
 
 FLAGS = flags.FLAGS
@@ -137,6 +138,10 @@ def load_sweep(path: str) -> Sweep:
   """A sweep directory; seeds whose seed_<k>/ has no config.json or history.csv yet are
   listed in `without_records`."""
   settings = read_json_object(os.path.join(path, SWEEP_FILE))
+  if settings.get('grid'):
+    raise UsageError(f'{path}: a grid sweep (its points are compared in its {POINTS_FILE}); '
+                     'compare its members\' run directories, e.g. '
+                     f'{os.path.join(path, sweep_run_dirs(settings)[0])}')
   seeds = settings.get('seeds')
   if (not isinstance(seeds, list) or
       not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):

@@ -80,6 +80,12 @@ def format_value(value: Any) -> str:
   return str(value)
 
 
+def point_name(settings: Sequence[Tuple[str, Any]]) -> str:
+  """A grid point's directory within its sweep: 'learning_rate=0.001/dropout=0.1'
+  ('' for no settings: a sweep without a grid)."""
+  return '/'.join(f'{flag}={format_value(value)}' for flag, value in settings)
+
+
 @dataclasses.dataclass(frozen=True)
 class GridPoint:
   """One combination of the grid's settings.
@@ -93,9 +99,7 @@ class GridPoint:
 
   @property
   def name(self) -> str:
-    """Its directory within the sweep: 'learning_rate=0.001/dropout=0.1' ('' for
-    the only point of a sweep without a grid)."""
-    return '/'.join(f'{flag}={format_value(value)}' for flag, value in self.settings)
+    return point_name(self.settings)
 
   @property
   def cells(self) -> Dict[str, str]:
@@ -124,10 +128,11 @@ class Grid:
       points.append(GridPoint(settings, base.replace(**dict(settings)).validate()))
     return points
 
-  def to_json(self) -> Dict[str, List[Any]]:
-    """What sweep.json records of the grid."""
-    return {flag: [list(v) if isinstance(v, tuple) else v for v in values]
-            for flag, values in self.axes}
+  def to_json(self) -> List[List[Any]]:
+    """What sweep.json records of the grid: [[flag, [value, ...]], ...] (a list, as
+    JSON objects are written with sorted keys and the order names directories)."""
+    return [[flag, [list(v) if isinstance(v, tuple) else v for v in values]]
+            for flag, values in self.axes]
 
 
 def sweepable_text() -> str:

@@ -43,6 +43,7 @@ import csv
 import dataclasses
 import hashlib
 import io
+import itertools
 import json
 import os
 from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
@@ -51,6 +52,7 @@ import numpy as np
 
 from mlp_jax.config import TrainConfig
 from mlp_jax.errors import UsageError
+from mlp_jax.grid import point_name
 
 CONFIG_FILE = 'config.json'
 ENVIRONMENT_FILE = 'environment.json'
@@ -83,6 +85,14 @@ SWEEP_ENTRIES = (SWEEP_FILE, ENVIRONMENT_FILE, SUMMARY_FILE, FINAL_FILE, POINTS_
 
 def seed_dir(sweep_dir: str, seed: int) -> str:
   return os.path.join(sweep_dir, SEED_DIR.format(seed))
+
+
+def sweep_run_dirs(settings: Dict[str, Any]) -> List[str]:
+  """The run directories (relative to the sweep) of the members sweep.json lists."""
+  grid = [[(flag, tuple(v) if isinstance(v, list) else v) for v in values]
+          for flag, values in settings.get('grid') or []]
+  return [seed_dir(point_name(point), seed) for point in itertools.product(*grid)
+          for seed in settings.get('seeds', [])]
 
 
 def chunk_checkpoint_dir(sweep_dir: str, keys: Sequence[Union[int, str]]) -> str:

@@ -29,7 +29,7 @@ from mlp_jax.driver import (Context, DriverOptions, DriverTiming, EpochReport, M
                             check_chunk_fits, device_memory_bytes, seeds_that_fit,
                             sync_processes, train_members, writing_in)
 from mlp_jax.errors import UsageError
-from mlp_jax.grid import Grid, GridPoint, format_value, program_groups
+from mlp_jax.grid import Grid, GridPoint, program_groups
 from mlp_jax.train import program_config
 from mlp_jax.progress import Progress
 from mlp_jax.sink import render_curves
@@ -267,15 +267,6 @@ def prepare_run_dirs(members: Sequence[Member], env: Dict[str, Any], overwrite: 
       records.write_json(os.path.join(member.run_dir, records.ENVIRONMENT_FILE), env)
 
 
-def sweep_run_dirs(settings: Dict[str, Any]) -> List[str]:
-  """The run directories (relative to the sweep) of the members sweep.json lists."""
-  points = ['']
-  for flag, values in (settings.get('grid') or {}).items():
-    points = [os.path.join(p, f'{flag}={format_value(tuple(v) if isinstance(v, list) else v)}')
-              for p in points for v in values]
-  return [records.seed_dir(p, s) for p in points for s in settings.get('seeds', [])]
-
-
 def prepare_sweep_dir(layout: Layout, settings: Dict[str, Any], members: Sequence[Member],
                       env: Dict[str, Any], overwrite: bool, write: bool) -> None:
   """Checks sweep.json against `settings`; with `overwrite` deletes the previous
@@ -287,10 +278,17 @@ def prepare_sweep_dir(layout: Layout, settings: Dict[str, Any], members: Sequenc
   if not write:
     return
   if overwrite:
-    previous = sweep_run_dirs(records.read_json_object(path)) if os.path.exists(path) else []
+    previous = (records.sweep_run_dirs(records.read_json_object(path))
+                if os.path.exists(path) else [])
     kept = {os.path.relpath(m.run_dir, layout.workdir) for m in members}
-    remove_entries(layout.workdir, [*records.SWEEP_ENTRIES,
-                                    *sorted(set(previous) - kept)])
+    dropped = sorted(set(previous) - kept)
+    remove_entries(layout.workdir, [*records.SWEEP_ENTRIES, *dropped])
+    for run_dir in dropped:  # and a grid's point directories left empty
+      parent = os.path.dirname(run_dir)
+      while parent and os.path.isdir(os.path.join(layout.workdir, parent)) and not os.listdir(
+          os.path.join(layout.workdir, parent)):
+        os.rmdir(os.path.join(layout.workdir, parent))
+        parent = os.path.dirname(parent)
   if not os.path.exists(path):
     records.write_json(path, settings)
   if not os.path.exists(os.path.join(layout.workdir, records.ENVIRONMENT_FILE)):

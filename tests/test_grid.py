@@ -187,3 +187,18 @@ def test_a_grid_resumes_where_it_stopped(grid_sweep, subset, tmp_path, monkeypat
   for member in ('learning_rate=0.001/hidden_sizes=32/seed_0',
                  'learning_rate=0.003/hidden_sizes=16,16/seed_1'):
     assert _record(os.path.join(workdir, member)) == _record(os.path.join(grid_sweep, member))
+  # --overwrite with a smaller grid deletes the members it no longer has.
+  smaller = Grid((('learning_rate', (1e-3, 3e-3)),))
+  train(CONFIG.replace(hidden_sizes=(32,)), [0], Layout(workdir, sweep=True),
+        dataclasses.replace(options, overwrite=True), sweep_line, 0.0, subset, grid=smaller)
+  for rate in ('0.001', '0.003'):
+    assert os.listdir(os.path.join(workdir, f'learning_rate={rate}')) == ['seed_0']
+  assert records.read_json_object(os.path.join(workdir, records.SWEEP_FILE))['grid'] == [
+      ['learning_rate', [0.001, 0.003]]]
+
+
+def test_compare_points_from_a_grid_to_its_members(grid_sweep):
+  from experiments import compare  # pylint: disable=g-import-not-at-top
+  with pytest.raises(UsageError, match=r'a grid sweep \(its points are compared in its '
+                     r'points.csv\); .* e.g. .*learning_rate=0.001/hidden_sizes=32/seed_0'):
+    compare.load_side(grid_sweep)
