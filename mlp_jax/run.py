@@ -338,6 +338,9 @@ def train(config: TrainConfig, seeds: Sequence[int], layout: Layout, options: Ru
     members = [dataclasses.replace(m, config=m.config.replace(vmap_width=width))
                for m in members]
     groups = program_groups(members, lambda m: program_config(m.config))
+    # Before anything is written: an explicit --chunk_size that cannot fit is refused.
+    chunk_sizes = [None if ctx is None else resolve_chunk_size(group[0].config, options, ctx)
+                   for group, ctx in zip(groups, contexts)]
     env = environment.describe(dataset)
     first = jax.process_index() == 0
     if layout.sweep:
@@ -352,13 +355,13 @@ def train(config: TrainConfig, seeds: Sequence[int], layout: Layout, options: Ru
     progress = Progress(len(members) * epochs, unit='seed-epochs' if layout.sweep
                         else 'epochs', out=sys.stdout, bar=sys.stderr)
     try:
-      for group, ctx in zip(groups, contexts):
+      for group, ctx, chunk_size in zip(groups, contexts, chunk_sizes):
         if ctx is None:
           progress.add_done(len(group) * epochs)
           continue
-        driver_options = DriverOptions(resolve_chunk_size(group[0].config, options, ctx),
-                                       options.checkpoint_every, options.keep_checkpoints,
-                                       options.tensorboard, options.stop_on_divergence)
+        driver_options = DriverOptions(chunk_size, options.checkpoint_every,
+                                       options.keep_checkpoints, options.tensorboard,
+                                       options.stop_on_divergence)
         if layout.sweep:
           print(f'sweep: {sweep_shape(len(points), len(seeds), len(group), epochs)}, vmap '
                 f'width {width}, chunks of {driver_options.chunk_size} over '
