@@ -16,6 +16,18 @@ One run measures, on whatever backend JAX finds:
   memory    peak resident set of `python -m mlp_jax.main --epochs=2` (warm cache).
   sweep     seed-epochs per second of `python -m experiments.sweep` at 1, 8 and 32
             seeds, in the program (its timing.json) and by wall time.
+  end to end  `python -m mlp_jax.main --epochs=20` (warm cache) and, with
+            --torch_python, the PyTorch loop of experiments/torch_baseline.py in
+            that interpreter, alternated (--e2e_repeats rounds, each PyTorch
+            thread setting of --torch_threads once a round): wall times, their
+            medians and ratio (against the fastest PyTorch setting), and where
+            mlp_jax's time went: interpreter start + imports (a separate
+            `import mlp_jax.main`), the rest of start-up (data, tracing, compile
+            or cache hit, initial state), compile, training, evaluation,
+            checkpoints, records, curves and summaries, the rest, and exit
+            (wall time less timing.json's total). Without --torch_python it says
+            so and measures mlp_jax alone. PyTorch is not a dependency of the
+            project: give the python of an environment that has it.
 
 Sweep mode (`--sweep_seeds=N [--sweep_epochs=E] [--sweep_args='--flag=value ...']`)
 measures only `python -m experiments.sweep --seeds=0-(N-1) --epochs=E` with
@@ -42,6 +54,7 @@ batch is dropped).
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import subprocess
@@ -71,6 +84,10 @@ NUM_CLASSES = 10
 MIN_FRACTION_OF_PEAK = 0.50
 MAX_WARM_FIRST_EPOCH_SECONDS = 3.0
 MAX_PEAK_RSS_BYTES = 1_000_000_000
+# 20 epochs end to end, at most this fraction of the PyTorch loop's wall time.
+MAX_TORCH_RATIO = 0.40
+E2E_EPOCHS = 20
+TORCH_BASELINE = os.path.join(REPO, 'experiments', 'torch_baseline.py')
 # Above this share of the CPU taken by other processes, the table warns.
 NOISY_CPU_FRACTION = 0.05
 # The epoch section and the sweeps run the same program; if the epochs ran this much
@@ -94,6 +111,20 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_string('sweep_args', '', 'Sweep mode: more flags for experiments.sweep, '
                       'space-separated (e.g. "--vmap_width=64 --checkpoint_every=1").',
                       flag_values=flag_values)
+  flags.DEFINE_string('torch_python', None, 'A python interpreter with PyTorch installed: '
+                      'the end-to-end section also runs experiments/torch_baseline.py with '
+                      'it, alternated with mlp_jax.main, and prints the ratio.',
+                      flag_values=flag_values)
+  flags.DEFINE_list('torch_threads', ['default'], 'PyTorch thread settings to run, each once '
+                    'a round: "default" (PyTorch\'s own choice) or a number '
+                    '(torch.set_num_threads).', flag_values=flag_values)
+  flags.DEFINE_integer('e2e_repeats', None, 'Rounds of the end-to-end section (default 2, '
+                       '1 with --quick).', flag_values=flag_values)
+  flags.DEFINE_integer('e2e_epochs', E2E_EPOCHS, 'Epochs of each end-to-end run (the '
+                       'target is set for 20).', flag_values=flag_values)
+  flags.DEFINE_bool('e2e_only', False, 'Measure only the end-to-end section (after one '
+                    '--epochs=1 run that fills the compilation cache).',
+                    flag_values=flag_values)
 
 
 def cpu_sample() -> Optional[Tuple[float, float, float]]:
@@ -190,10 +221,17 @@ def run_child(module: str, args: Sequence[str], cache_dir: str, log_path: str
   and its peak resident set: ru_maxrss of this one child as wait4 reports it
   (RUSAGE_CHILDREN would be the maximum over every child so far, not this one's).
   """
+  result = run_command([sys.executable, '-m', module, *args], cache_dir, log_path)
+  result['command'] = ['python', '-m', module, *args]
+  return result
+
+
+def run_command(command: Sequence[str], cache_dir: str, log_path: str) -> Dict[str, Any]:
+  """run_child's work for any command (run from the repository)."""
   env = {**os.environ, environment.CACHE_DIR_ENV: cache_dir}
   with open(log_path, 'wb') as log:
     tick = time.perf_counter()
-    process = subprocess.Popen([sys.executable, '-m', module, *args], cwd=REPO, env=env,
+    process = subprocess.Popen(list(command), cwd=REPO, env=env,
                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     try:
       _, status, usage = os.wait4(process.pid, 0)
@@ -205,7 +243,7 @@ def run_child(module: str, args: Sequence[str], cache_dir: str, log_path: str
   process.returncode = os.waitstatus_to_exitcode(status)
   # ru_maxrss is in KiB on Linux, in bytes on macOS.
   rss_unit = 1 if sys.platform == 'darwin' else 1024
-  result = {'command': ['python', '-m', module, *args], 'wall_seconds': wall,
+  result = {'command': list(command), 'wall_seconds': wall,
             'returncode': process.returncode, 'peak_rss_bytes': usage.ru_maxrss * rss_unit}
   if process.returncode != 0:
     with open(log_path, errors='replace') as f:
@@ -221,6 +259,117 @@ def run_timed_main(scratch: str, name: str, cache_dir: str, epochs: int) -> Dict
                      cache_dir, os.path.join(scratch, f'{name}.log'))
   if result['returncode'] == 0:
     result['timing'] = records.read_json_object(os.path.join(workdir, records.TIMING_FILE))
+  return result
+
+
+def measure_imports(repeats: int) -> Optional[float]:
+  """Median seconds of `import mlp_jax.main` in a fresh interpreter (what a run
+  imports before it parses its flags), or None if it failed."""
+  code = ('import os, time\nstarted = time.perf_counter()\nimport mlp_jax.main\n'
+          'print(time.perf_counter() - started, flush=True)\nos._exit(0)')
+  seconds = []
+  for _ in range(repeats):
+    done = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True,
+                          text=True, timeout=600, check=False)
+    try:
+      seconds.append(float(done.stdout.strip().splitlines()[-1]))
+    except (IndexError, ValueError):
+      return None
+  return statistics.median(seconds)
+
+
+def torch_command(torch_python: str, threads: str, epochs: int) -> List[str]:
+  """The PyTorch loop's command line for a --torch_threads setting."""
+  command = [torch_python, TORCH_BASELINE, f'--epochs={epochs}']
+  return command if threads == 'default' else command + [f'--threads={int(threads)}']
+
+
+def run_torch(torch_python: str, threads: str, epochs: int, cache_dir: str,
+              log_path: str) -> Dict[str, Any]:
+  """One run of experiments/torch_baseline.py, with the `result:` line it prints."""
+  run = run_command(torch_command(torch_python, threads, epochs), cache_dir, log_path)
+  run['threads_setting'] = threads
+  if run['returncode'] == 0:
+    with open(log_path, errors='replace') as f:
+      lines = [line for line in f if line.startswith('result: ')]
+    if lines:
+      run['result'] = json.loads(lines[-1][len('result: '):])
+    else:
+      run['error'] = 'no result line'
+  return run
+
+
+# Parts of an mlp_jax.main run's wall time, from its timing.json (plus the imports,
+# measured apart): (key, label).
+E2E_PARTS = (
+    ('imports', 'imports (import mlp_jax.main, measured apart)'),
+    ('startup_rest', 'rest of start-up: data, tracing, compile or cache hit, init'),
+    ('compile', '  of which compiling or loading from the cache'),
+    ('train', 'training'),
+    ('eval', 'evaluation'),
+    ('checkpoint', 'checkpoints (the driver\'s waits on them)'),
+    ('records', 'records'),
+    ('summary', 'curves.png and summaries'),
+    ('other', 'the rest (between epochs, final writes)'),
+    ('exit', 'interpreter start and exit (wall less timing.json total)'),
+)
+
+
+def e2e_breakdown(run: Dict[str, Any], imports: Optional[float]) -> Dict[str, Optional[float]]:
+  """Where one mlp_jax.main run's wall time went (E2E_PARTS), from its timing.json."""
+  t = run['timing']
+  get = lambda key: float(t.get(key) or 0.0)
+  parts = {'train': get('train_seconds'), 'eval': get('eval_seconds'),
+           'checkpoint': get('checkpoint_seconds'), 'records': get('records_seconds'),
+           'summary': get('summary_seconds'), 'compile': get('compile_seconds'),
+           'exit': run['wall_seconds'] - get('total_seconds')}
+  parts['other'] = (get('total_seconds') - get('startup_seconds') - parts['train'] -
+                    parts['eval'] - parts['checkpoint'] - parts['records'] - parts['summary'])
+  parts['imports'] = imports
+  parts['startup_rest'] = get('startup_seconds') - (imports or 0.0)
+  return parts
+
+
+def measure_end_to_end(scratch: str, cache_dir: str, torch_python: Optional[str],
+                       torch_threads: Sequence[str], repeats: int,
+                       epochs: int = E2E_EPOCHS) -> Dict[str, Any]:
+  """`python -m mlp_jax.main --epochs=N` and, given a torch python, the PyTorch loop,
+  alternated round by round; medians, the ratio and mlp_jax's breakdown."""
+  runs: List[Dict[str, Any]] = []
+  torch_runs: Dict[str, List[Dict[str, Any]]] = {t: [] for t in torch_threads}
+  for i in range(repeats):
+    runs.append(run_timed_main(scratch, f'e2e{i}', cache_dir, epochs))
+    if torch_python:
+      for threads in torch_threads:
+        torch_runs[threads].append(run_torch(torch_python, threads, epochs, cache_dir,
+                                             os.path.join(scratch, f'torch{threads}_{i}.log')))
+  ok = [run for run in runs if run['returncode'] == 0 and 'timing' in run]
+  result: Dict[str, Any] = {'epochs': epochs, 'repeats': repeats, 'runs': runs,
+                            'torch_python': torch_python, 'wall_seconds': None,
+                            'breakdown': None, 'torch': None, 'ratio': None}
+  if ok:
+    imports = measure_imports(3)
+    parts = [e2e_breakdown(run, imports) for run in ok]
+    result['wall_seconds'] = statistics.median(run['wall_seconds'] for run in ok)
+    result['breakdown'] = {key: (None if parts[0][key] is None else
+                                 statistics.median(p[key] for p in parts))
+                           for key, _ in E2E_PARTS}
+    result['peak_rss_bytes'] = max(run['peak_rss_bytes'] for run in ok)
+  if torch_python:
+    result['torch'] = {}
+    for threads, tries in torch_runs.items():
+      good = [run for run in tries if 'result' in run]
+      result['torch'][threads] = {
+          'runs': tries, 'wall_seconds': statistics.median(r['wall_seconds'] for r in good)
+          if good else None,
+          'train_seconds': statistics.median(r['result']['train_seconds'] for r in good)
+          if good else None,
+          'test_accuracy': good[-1]['result']['test_accuracy'] if good else None,
+          'threads': good[-1]['result']['threads'] if good else None,
+          'error': None if good else (tries[-1].get('error') if tries else 'not run')}
+    walls = [t['wall_seconds'] for t in result['torch'].values() if t['wall_seconds']]
+    if walls and result['wall_seconds']:
+      result['ratio'] = result['wall_seconds'] / min(walls)
   return result
 
 
@@ -340,7 +489,10 @@ def check_targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
               MIN_FRACTION_OF_PEAK, ('matmul', 'epoch')),
              ('warm start-up to first finished epoch (s)', warm, '<=',
               MAX_WARM_FIRST_EPOCH_SECONDS, ('startup',)),
-             ('peak RSS (bytes)', rss, '<=', MAX_PEAK_RSS_BYTES, ())]
+             ('peak RSS (bytes)', rss, '<=', MAX_PEAK_RSS_BYTES, ()),
+             ('epochs end to end, mlp_jax / PyTorch wall time',
+              (results.get('end_to_end') or {}).get('ratio'), '<=', MAX_TORCH_RATIO,
+              ('end_to_end',))]
   slowed = (epoch_slowdown(results) or 0) > MAX_EPOCH_SLOWDOWN
   return [{'name': name, 'value': value, 'comparison': op, 'limit': limit,
            'passed': None if value is None else
@@ -372,10 +524,77 @@ def _child_rows(label: str, run: Dict[str, Any]) -> List[Tuple[str, str, str]]:
            + ' s', '')]
 
 
+def cpu_share_rows(results: Dict[str, Any]) -> List[Tuple[str, str, str]]:
+  """The share of the CPU other processes took during each section, and a warning."""
+  shares = [(key, (results.get(key) or {}).get('other_cpu_fraction'))
+            for key in ('matmul', 'epoch', 'startup', 'memory', 'sweep', 'end_to_end')
+            if key in results]
+  rows = [('CPU taken by other processes during',
+           ', '.join(f'{key} {"n/a" if share is None else f"{share:.0%}"}'
+                     for key, share in shares), '')]
+  load = results.get('load_average')
+  if load:
+    rows.append(('load average (1 / 5 / 15 min) at the start and end',
+                 ' -> '.join(' / '.join(f'{v:.2f}' for v in sample) for sample in load), ''))
+  if any(share is not None and share > NOISY_CPU_FRACTION for _, share in shares):
+    rows.append(('  warning', 'other processes competed for the CPU: timings are too slow '
+                 'and verdicts marked (noisy) are not to be trusted', ''))
+  return rows
+
+
+def load_average() -> Optional[List[float]]:
+  """os.getloadavg(), None where there is none."""
+  try:
+    return list(os.getloadavg())
+  except (AttributeError, OSError):
+    return None
+
+
+def end_to_end_rows(e2e: Optional[Dict[str, Any]], targets: Dict[str, Dict[str, Any]]
+                    ) -> List[Tuple[str, str, str]]:
+  """Rows of the end-to-end section (none when it was not measured)."""
+  if not e2e:
+    return []
+  rows = []
+  label = (f'end to end: mlp_jax.main --epochs={e2e["epochs"]}, warm cache, median of '
+           f'{e2e["repeats"]}')
+  if e2e['wall_seconds'] is None:
+    failed = [run for run in e2e['runs'] if run['returncode'] != 0]
+    rows += [(label, 'failed', '')]
+    if failed:
+      rows.append(('  error', failed[-1].get('error', ''), ''))
+  else:
+    rows.append((label, f'{e2e["wall_seconds"]:.2f} s wall', ''))
+    for key, text in E2E_PARTS:
+      value = e2e['breakdown'][key]
+      rows.append((f'  {text}', 'n/a' if value is None else f'{value:.2f} s', ''))
+  if e2e['torch'] is None:
+    rows.append(('PyTorch loop (experiments/torch_baseline.py)',
+                 'not measured (no --torch_python)', ''))
+  else:
+    for setting, torch in e2e['torch'].items():
+      threads = '' if torch['threads'] is None else f' ({torch["threads"]})'
+      label = f'PyTorch loop, threads {setting}{threads}, median of {len(torch["runs"])}'
+      if torch['wall_seconds'] is None:
+        rows += [(label, 'failed', ''), ('  error', str(torch['error']), '')]
+      else:
+        rows.append((label, f'{torch["wall_seconds"]:.2f} s wall', ''))
+        rows.append(('  training / final test accuracy',
+                     f'{torch["train_seconds"]:.2f} s / {torch["test_accuracy"]:.4f}', ''))
+  target = targets.get('epochs end to end, mlp_jax / PyTorch wall time')
+  if target is not None and e2e['torch'] is not None:
+    rows.append(('  mlp_jax / fastest PyTorch setting, wall',
+                 'n/a' if target['value'] is None else f'{target["value"]:.3f}',
+                 f'<= {MAX_TORCH_RATIO:.2f} {_verdict(target)}'))
+  return rows
+
+
 def table_rows(results: Dict[str, Any]) -> List[Tuple[str, str, str]]:
   """(measurement, value, target and verdict) rows of the printed table."""
   targets = {t['name']: t for t in results['targets']}
   rows = []
+  if 'epoch' not in results:  # --e2e_only
+    return end_to_end_rows(results.get('end_to_end'), targets) + cpu_share_rows(results)
   matmul, epoch = results['matmul'], results['epoch']
   rows.append((f'matmul peak, {matmul["size"]}^2 float32, best of {matmul["repeats"]}',
                f'{matmul["gflops"]:.1f} GFLOP/s', ''))
@@ -418,14 +637,8 @@ def table_rows(results: Dict[str, Any]) -> List[Tuple[str, str, str]]:
       rows.append((label, f'{run["seed_epochs_per_second"]:.2f} seed-epochs/s in program, '
                           f'{run["seed_epochs_per_wall_second"]:.2f} by wall '
                           f'({run["wall_seconds"]:.1f} s)', ''))
-  shares = [(key, results[key].get('other_cpu_fraction'))
-            for key in ('matmul', 'epoch', 'startup', 'memory', 'sweep')]
-  rows.append(('CPU taken by other processes during',
-               ', '.join(f'{key} {"n/a" if share is None else f"{share:.0%}"}'
-                         for key, share in shares), ''))
-  if any(share is not None and share > NOISY_CPU_FRACTION for _, share in shares):
-    rows.append(('  warning', 'other processes competed for the CPU: timings are too slow '
-                 'and verdicts marked (noisy) are not to be trusted', ''))
+  rows += end_to_end_rows(results.get('end_to_end'), targets)
+  rows += cpu_share_rows(results)
   slowdown = epoch_slowdown(results)
   if slowdown is not None:
     rows.append(('epoch time / fastest sweep seed-epoch (same program)', f'{slowdown:.2f}', ''))
@@ -460,34 +673,52 @@ def write_results(path: str, results: Dict[str, Any]) -> None:
     raise UsageError(f'--output={path}: cannot write: {e.strerror}') from None
 
 
-def run_benchmark(quick: bool) -> Dict[str, Any]:
-  """Every measurement; `quick` cuts repeats and the sweep to stay under a minute.
+def run_benchmark(quick: bool, torch_python: Optional[str] = None,
+                  torch_threads: Sequence[str] = ('default',), e2e_repeats: Optional[int] = None,
+                  e2e_only: bool = False, e2e_epochs: int = E2E_EPOCHS) -> Dict[str, Any]:
+  """Every measurement; `quick` cuts repeats and the sweep to stay under a minute
+  (the end-to-end section takes longer: 20 epochs of each program).
 
   Each section records `other_cpu_fraction`, the share of the CPU other processes
   took while it ran.
   """
   machine = environment.describe()
   print(format_header(machine), flush=True)
-  results: Dict[str, Any] = {'quick': quick, 'machine': machine}
+  if not torch_python:
+    print('no --torch_python: the end-to-end section measures mlp_jax alone, without the '
+          'PyTorch comparison', flush=True)
+  results: Dict[str, Any] = {'quick': quick, 'machine': machine,
+                             'load_average': [load_average()]}
+  repeats = e2e_repeats or (1 if quick else 2)
   with tempfile.TemporaryDirectory(prefix='mlp_jax_benchmark_') as scratch:
     cache_dir = os.path.join(scratch, 'xla_cache')
     os.makedirs(cache_dir)
-    sections = [
-        ('matmul', 'matmul peak', lambda: matmul_peak(2048, repeats=5 if quick else 20)),
-        ('epoch', 'epochs of the seed config', lambda: measure_epochs(4 if quick else 11)),
-        ('startup', 'start-up (subprocesses)',
-         lambda: measure_startup(scratch, cache_dir, warm_repeats=1 if quick else 3)),
-        ('memory', 'peak memory (subprocess)',
-         lambda: run_timed_main(scratch, 'memory', cache_dir, epochs=2)),
-        ('sweep', 'sweep (subprocesses)',
-         lambda: measure_sweep(scratch, cache_dir, (1, 8) if quick else (1, 8, 32),
-                               epochs=2 if quick else 5)),
-    ]
+    end_to_end = ('end_to_end', f'end to end, {e2e_epochs} epochs (subprocesses, alternated)',
+                  lambda: measure_end_to_end(scratch, cache_dir, torch_python, torch_threads,
+                                             repeats, e2e_epochs))
+    if e2e_only:
+      sections = [('cache', 'filling the compilation cache',
+                   lambda: run_timed_main(scratch, 'fill', cache_dir, epochs=1)), end_to_end]
+    else:
+      sections = [
+          ('matmul', 'matmul peak', lambda: matmul_peak(2048, repeats=5 if quick else 20)),
+          ('epoch', 'epochs of the seed config', lambda: measure_epochs(4 if quick else 11)),
+          ('startup', 'start-up (subprocesses)',
+           lambda: measure_startup(scratch, cache_dir, warm_repeats=1 if quick else 3)),
+          ('memory', 'peak memory (subprocess)',
+           lambda: run_timed_main(scratch, 'memory', cache_dir, epochs=2)),
+          ('sweep', 'sweep (subprocesses)',
+           lambda: measure_sweep(scratch, cache_dir, (1, 8) if quick else (1, 8, 32),
+                                 epochs=2 if quick else 5)),
+          end_to_end,
+      ]
     for key, what, measure in sections:
       print(f'measuring: {what}', flush=True)
       before = cpu_sample()
       results[key] = measure()
       results[key]['other_cpu_fraction'] = other_cpu_fraction(before, cpu_sample())
+  results.pop('cache', None)
+  results['load_average'].append(load_average())
   results['epoch_slowdown'] = epoch_slowdown(results)
   results['targets'] = check_targets(results)
   return results
@@ -511,7 +742,19 @@ def main(argv):
     print(format_sweep_mode(run))
     write_results(output, {'machine': machine, 'sweep_mode': run})
     return
-  results = run_benchmark(flags.FLAGS.quick)
+  torch_python = flags.FLAGS.torch_python
+  if torch_python and not os.access(torch_python, os.X_OK):
+    raise UsageError(f'--torch_python={torch_python}: not an executable')
+  for setting in flags.FLAGS.torch_threads:
+    if setting != 'default' and not (setting.isdigit() and int(setting) > 0):
+      raise UsageError(f'--torch_threads: {setting!r} is neither "default" nor a positive number')
+  if flags.FLAGS.e2e_repeats is not None and flags.FLAGS.e2e_repeats < 1:
+    raise UsageError('--e2e_repeats must be at least 1')
+  if flags.FLAGS.e2e_epochs < 1:
+    raise UsageError('--e2e_epochs must be at least 1')
+  results = run_benchmark(flags.FLAGS.quick, torch_python, flags.FLAGS.torch_threads,
+                          flags.FLAGS.e2e_repeats, flags.FLAGS.e2e_only,
+                          flags.FLAGS.e2e_epochs)
   results['benchmark_seconds'] = time.perf_counter() - started
   print()
   print(format_table(results))

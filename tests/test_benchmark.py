@@ -76,14 +76,14 @@ def _fake_results(sweep_available=True):
 def test_targets_pass_and_fail_on_the_measurements():
   targets = benchmark.check_targets(_fake_results())
   by_name = {t['name']: t for t in targets}
-  assert len(by_name) == 3
+  assert len(by_name) == 4
   fraction = by_name['steady-state epoch, fraction of matmul peak']
   assert fraction['value'] == pytest.approx(184.2 / 400) and fraction['passed'] is False
   assert by_name['warm start-up to first finished epoch (s)']['passed'] is True
   assert by_name['peak RSS (bytes)']['value'] == 1.2e9
   assert by_name['peak RSS (bytes)']['passed'] is False
   # Other processes took 30% of the CPU while the epochs ran: that verdict is noisy.
-  assert [t['noisy'] for t in targets] == [True, False, False]
+  assert [t['noisy'] for t in targets] == [True, False, False, False]
 
 
 def test_a_failed_child_is_not_measured():
@@ -112,7 +112,7 @@ def test_table_and_json_report_every_measurement(tmp_path):
   written = json.loads(path.read_text())
   assert set(written) == {'quick', 'machine', 'matmul', 'epoch', 'startup', 'memory', 'sweep',
                           'targets'}
-  assert [t['passed'] for t in written['targets']] == [False, True, False]
+  assert [t['passed'] for t in written['targets']] == [False, True, False, None]
 
 
 def test_sweep_not_available_is_reported_not_raised(monkeypatch, tmp_path):
@@ -128,6 +128,8 @@ def test_sweep_not_available_is_reported_not_raised(monkeypatch, tmp_path):
     (['--quick=maybe'], '--quick'),
     (['--output=/no/such/dir/benchmark.json'], 'no such directory'),
     (['stray'], 'unexpected arguments'),
+    (['--torch_python=/no/such/python'], 'not an executable'),
+    (['--torch_threads=two'], '--torch_threads'),
 ])
 def test_bad_command_line_is_one_clear_line(args, expected, run_module):
   result = run_module('experiments.benchmark', *args, timeout=120)
@@ -151,10 +153,10 @@ def test_epochs_slower_than_the_sweeps_program_are_flagged():
   results = _fake_results()
   results['epoch']['other_cpu_fraction'] = 0.0
   assert benchmark.epoch_slowdown(results) == pytest.approx(0.165 * 5.0)
-  assert [t['noisy'] for t in benchmark.check_targets(results)] == [False, False, False]
+  assert [t['noisy'] for t in benchmark.check_targets(results)] == [False, False, False, False]
   results['sweep']['runs'][0]['seed_epochs_per_second'] = 10.0   # 0.1 s per seed-epoch
   results['targets'] = benchmark.check_targets(results)
-  assert [t['noisy'] for t in results['targets']] == [True, False, False]
+  assert [t['noisy'] for t in results['targets']] == [True, False, False, False]
   table = benchmark.format_table(results)
   assert '1.65' in table and 'machine slowed down' in table and 'FAIL (noisy)' in table
   results['sweep'] = {'available': False}
@@ -175,3 +177,57 @@ def test_sweep_mode_host_work_is_total_minus_startup_training_and_evaluation():
   text = benchmark.format_sweep_mode(run)
   assert '0.050 of training + evaluation (<= 0.10 PASS)' in text
   assert 'records 1.00 s, checkpoints 0.50 s, summaries 3.00 s' in text
+
+
+def _e2e_run(wall, total=9.0):
+  return {'command': ['python', '-m', 'mlp_jax.main'], 'returncode': 0, 'wall_seconds': wall,
+          'peak_rss_bytes': 4e8,
+          'timing': {'total_seconds': total, 'startup_seconds': 3.0, 'compile_seconds': 0.5,
+                     'train_seconds': 4.0, 'eval_seconds': 0.2, 'checkpoint_seconds': 0.1,
+                     'records_seconds': 0.05, 'summary_seconds': 1.0}}
+
+
+def test_end_to_end_breakdown_adds_up_to_the_wall_time():
+  parts = benchmark.e2e_breakdown(_e2e_run(10.0), imports=1.5)
+  assert parts['exit'] == pytest.approx(1.0)
+  assert parts['startup_rest'] == pytest.approx(1.5)
+  assert parts['other'] == pytest.approx(9.0 - 3.0 - 4.0 - 0.2 - 0.1 - 0.05 - 1.0)
+  summed = sum(v for k, v in parts.items() if k != 'compile')  # compile is within start-up
+  assert summed == pytest.approx(10.0)
+  assert [k for k, _ in benchmark.E2E_PARTS] == ['imports', 'startup_rest', 'compile', 'train',
+                                                 'eval', 'checkpoint', 'records', 'summary',
+                                                 'other', 'exit']
+
+
+def test_torch_command_names_the_thread_setting():
+  assert benchmark.torch_command('/venv/bin/python', 'default', 20) == [
+      '/venv/bin/python', benchmark.TORCH_BASELINE, '--epochs=20']
+  assert benchmark.torch_command('/venv/bin/python', '1', 3)[-1] == '--threads=1'
+
+
+def _e2e(torch):
+  parts = benchmark.e2e_breakdown(_e2e_run(10.0), imports=1.5)
+  return {'epochs': 20, 'repeats': 2, 'runs': [_e2e_run(10.0)], 'torch_python': None,
+          'wall_seconds': 10.0, 'breakdown': parts, 'torch': torch,
+          'ratio': None if torch is None else 10.0 / 20.0, 'other_cpu_fraction': 0.0}
+
+
+def test_end_to_end_section_with_and_without_pytorch():
+  results = _fake_results()
+  results['end_to_end'] = _e2e(None)
+  results['targets'] = benchmark.check_targets(results)
+  table = benchmark.format_table(results)
+  assert 'not measured (no --torch_python)' in table
+  assert 'interpreter start and exit' in table and '10.00 s wall' in table
+  by_name = {t['name']: t for t in results['targets']}
+  assert by_name['epochs end to end, mlp_jax / PyTorch wall time']['passed'] is None
+  torch = {'default': {'runs': [{}], 'wall_seconds': 20.0, 'train_seconds': 15.0,
+                       'test_accuracy': 0.9768, 'threads': 2, 'error': None},
+           '1': {'runs': [{}], 'wall_seconds': None, 'train_seconds': None,
+                 'test_accuracy': None, 'threads': None, 'error': 'no result line'}}
+  results['end_to_end'] = _e2e(torch)
+  results['targets'] = benchmark.check_targets(results)
+  table = benchmark.format_table(results)
+  assert 'PyTorch loop, threads default (2), median of 1' in table and '20.00 s wall' in table
+  assert 'no result line' in table
+  assert '0.500' in table and '<= 0.40 FAIL' in table
