@@ -1,6 +1,9 @@
 """Seed sweeps: seed parsing, the bitwise guarantee, summaries, key derivation."""
 
+import contextlib
 import csv
+import dataclasses
+import io
 import json
 import os
 
@@ -10,9 +13,11 @@ import pytest
 from conftest import read, without_timing
 from experiments.sweep import parse_seeds
 from mlp_jax import stats
+from mlp_jax.config import TrainConfig
 from mlp_jax.errors import UsageError
+from mlp_jax.run import Layout, RunOptions, epoch_line, sweep_line, train
 
-EPOCHS = '--epochs=2'
+CONFIG = TrainConfig(epochs=2)
 
 
 @pytest.mark.parametrize('text, seeds', [
@@ -30,27 +35,37 @@ def test_parse_seeds_rejects(text):
 
 
 @pytest.fixture(scope='module')
-def runs(tmp_path_factory, cache_dir):
+def subset(mnist):
+  """2,048 training and 1,000 test images: 16 steps an epoch."""
+  return dataclasses.replace(mnist, train_images=mnist.train_images[:2048],
+                             train_labels=mnist.train_labels[:2048],
+                             test_images=mnist.test_images[:1000],
+                             test_labels=mnist.test_labels[:1000])
+
+
+def _train(subset, workdir, seeds, sweep=True, config=CONFIG, **options):
+  """Trains in-process as the entry points do (their flags: tests/test_sweep.py's
+  test_flags_set_the_config_and_options); returns what was printed."""
+  options.setdefault('tensorboard', False)
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    train(config, seeds, Layout(str(workdir), sweep=sweep), RunOptions(**options),
+          sweep_line if sweep else epoch_line, started=0.0, dataset=subset)
+  return out.getvalue()
+
+
+@pytest.fixture(scope='module')
+def runs(subset, tmp_path_factory):
   """Single runs of seeds 1 and 2, and three sweeps holding them in other company."""
-  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
-  from conftest import REPO  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.mktemp('sweeps')
-  env = {**os.environ, 'MLP_JAX_COMPILATION_CACHE': cache_dir}
-
-  def run(module, *args):
-    result = subprocess.run([sys.executable, '-m', module, EPOCHS, *args], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
-    return result
-
   out = {}
   for seed in (1, 2):
     out[f'single{seed}'] = str(root / f'single{seed}')
-    run('mlp_jax.main', f'--seed={seed}', f'--workdir={out[f"single{seed}"]}')
-  for name, args in {'all4': ['--seeds=0-3'], 'reversed_chunk1': ['--seeds=2,1', '--chunk_size=1'],
-                     'mixed_chunk2': ['--seeds=5,1,2', '--chunk_size=2']}.items():
+    _train(subset, out[f'single{seed}'], [seed], sweep=False, config=CONFIG.replace(seed=seed))
+  for name, seeds, chunk_size in (('all4', [0, 1, 2, 3], None), ('reversed_chunk1', [2, 1], 1),
+                                  ('mixed_chunk2', [5, 1, 2], 2)):
     out[name] = str(root / name)
-    out[name + '_stdout'] = run('experiments.sweep', *args, f'--workdir={out[name]}').stdout
+    out[name + '_stdout'] = _train(subset, out[name], seeds, chunk_size=chunk_size)
   return out
 
 
@@ -94,28 +109,50 @@ def test_sweep_writes_its_summaries(runs):
   assert 'test acc mean' in runs['all4_stdout']
 
 
-def test_fixing_init_and_data_seeds(tmp_path, run_module):
+def test_fixing_init_and_data_seeds(subset, tmp_path):
   """--init_seed and --data_seed hold one source of randomness fixed across seeds."""
   both = tmp_path / 'both_fixed'
   data_only = tmp_path / 'data_fixed'
-  for workdir, extra in ((both, ['--init_seed=7', '--data_seed=7']), (data_only, ['--data_seed=7'])):
-    result = run_module('experiments.sweep', '--seeds=0,1', '--epochs=1', f'--workdir={workdir}',
-                        *extra)
-    assert result.returncode == 0, result.stderr
+  one_epoch = CONFIG.replace(epochs=1)
+  _train(subset, both, [0, 1], config=one_epoch.replace(init_seed=7, data_seed=7),
+         checkpoint_every=0)
+  _train(subset, data_only, [0, 1], config=one_epoch.replace(data_seed=7), checkpoint_every=0)
   history = lambda d, s: without_timing(read(d / f'seed_{s}' / 'history.csv'))
   assert history(both, 0) == history(both, 1)            # nothing random left to differ
   assert history(data_only, 0) != history(data_only, 1)  # initialisation still varies
 
 
-def test_vmap_width_runs_and_records_its_setting(tmp_path, run_module):
+def test_flags_set_the_config_and_options():
+  """What the entry points' flags turn into (the in-process tests here start from that)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from mlp_jax.flags import (config_from_flags, define_run_flags,  # pylint: disable=g-import-not-at-top
+                             define_training_flags, run_options_from_flags)
+  flag_values = flags.FlagValues()
+  define_training_flags(flag_values)
+  define_run_flags(flag_values)
+  flag_values(['sweep', '--epochs=1', '--init_seed=7', '--data_seed=8', '--vmap_width=2',
+               '--chunk_size=3', '--checkpoint_every=0', '--overwrite', '--notensorboard'])
+  assert config_from_flags(5, flag_values) == TrainConfig(epochs=1, seed=5, init_seed=7,
+                                                          data_seed=8)
+  assert run_options_from_flags(flag_values, seed_curves=True) == RunOptions(
+      checkpoint_every=0, overwrite=True, chunk_size=3, vmap_width=2, tensorboard=False,
+      seed_curves=True)
+  defaults = flags.FlagValues()
+  define_training_flags(defaults)
+  define_run_flags(defaults)
+  defaults(['sweep'])
+  assert config_from_flags(0, defaults) == TrainConfig()
+  assert run_options_from_flags(defaults) == RunOptions()
+
+
+def test_vmap_width_runs_and_records_its_setting(subset, tmp_path):
   workdir = tmp_path / 'vmapped'
-  result = run_module('experiments.sweep', '--seeds=0-3', '--epochs=1', '--vmap_width=2',
-                      f'--workdir={workdir}')
-  assert result.returncode == 0, result.stderr
+  _train(subset, workdir, [0, 1, 2, 3], config=CONFIG.replace(epochs=1), vmap_width=2,
+         checkpoint_every=0)
   assert json.loads(read(workdir / 'sweep.json'))['config']['vmap_width'] == 2
   assert json.loads(read(workdir / 'seed_3' / 'config.json'))['vmap_width'] == 2
   accuracy = float(list(csv.DictReader(open(workdir / 'seed_3' / 'history.csv')))[0]['test_accuracy'])
-  assert accuracy > 0.9
+  assert accuracy > 0.7
 
 
 @pytest.mark.parametrize('args, expected', [
@@ -129,19 +166,24 @@ def test_sweep_bad_input(args, expected, tmp_path, run_module):
   assert 'Traceback' not in result.stderr and not (tmp_path / 'w').exists()
 
 
-def test_overwrite_with_other_seeds_leaves_no_stale_seed(tmp_path, run_module):
-  workdir = tmp_path / 'sweep'
-  first = run_module('experiments.sweep', '--seeds=0,1', '--epochs=1', f'--workdir={workdir}')
-  assert first.returncode == 0, first.stderr
-  again = ['--seeds=1,2', '--epochs=1', f'--workdir={workdir}']
-  refused = run_module('experiments.sweep', *again)
-  assert refused.returncode == 2 and 'seeds' in refused.stderr
-  result = run_module('experiments.sweep', *again, '--overwrite')
-  assert result.returncode == 0, result.stderr
+def test_overwrite_with_other_seeds_leaves_no_stale_seed(subset, tmp_path, monkeypatch, capsys):
+  from mlp_jax import run  # pylint: disable=g-import-not-at-top
+  from mlp_jax.workdir import WorkdirError  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(run, 'load_data', lambda config: subset)
+  workdir = str(tmp_path / 'sweep')
+  config = CONFIG.replace(epochs=1)
+  no_tensorboard = RunOptions(tensorboard=False)
+  run.train_sweep(config, [0, 1], workdir, no_tensorboard)
+  with pytest.raises(WorkdirError, match='seeds'):
+    run.train_sweep(config, [1, 2], workdir, no_tensorboard)
+  capsys.readouterr()
+  run.train_sweep(config, [1, 2], workdir, RunOptions(tensorboard=False, overwrite=True))
+  result = capsys.readouterr().out
   assert sorted(p for p in os.listdir(workdir) if p.startswith('seed_')) == ['seed_1', 'seed_2']
-  assert [r['seed'] for r in csv.DictReader(open(workdir / 'final.csv'))] == ['1', '2']
+  assert [r['seed'] for r in csv.DictReader(open(os.path.join(workdir, 'final.csv')))] == ['1', '2']
   # Re-running the finished sweep trains nothing and prints the same final summary.
-  rerun = run_module('experiments.sweep', *again)
-  assert rerun.returncode == 0 and 'holds a complete sweep' in rerun.stdout
+  run.train_sweep(config, [1, 2], workdir, no_tensorboard)
+  rerun = capsys.readouterr().out
+  assert 'holds a complete sweep' in rerun
   final_line = lambda out: [l for l in out.splitlines() if 'final test accuracy' in l][0]
-  assert final_line(rerun.stdout).split(';')[0] == final_line(result.stdout).split(';')[0]
+  assert final_line(rerun).split(';')[0] == final_line(result).split(';')[0]
