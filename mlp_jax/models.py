@@ -44,7 +44,10 @@ class Dropout(nn.Module):
       return x
     keep = 1.0 - rate
     mask = jax.random.bernoulli(self.make_rng('dropout'), keep, x.shape)
-    return jax.lax.select(mask, x / keep, jnp.zeros_like(x))
+    # Times 1 / keep, as XLA computes nn.Dropout's x / keep for a constant keep: the
+    # same bits as nn.Dropout. A division by a traced keep would be other bits, and
+    # on XLA:CPU other bits on one device than on several (measured).
+    return jax.lax.select(mask, x * (1.0 / keep), jnp.zeros_like(x))
 
 
 class Conv3x3(nn.Module):
