@@ -11,7 +11,7 @@ import pytest
 
 from conftest import REPO, read, without_timing
 
-EPOCHS = 6
+EPOCHS = 3  # a kill after 2 rows lands in epoch 3: resumed from epoch 1 or 2
 
 
 def _popen(module, args, cache_dir):
@@ -35,11 +35,16 @@ def _wait_for_rows(path, rows, process, timeout=300):
 def reference(tmp_path_factory, cache_dir):
   """Uninterrupted runs: a single run of seed 3 and a sweep of seeds 0-2."""
   root = tmp_path_factory.mktemp('reference')
-  for module, args in (('mlp_jax.main', ['--seed=3', f'--workdir={root / "single"}']),
-                       ('experiments.sweep', ['--seeds=0-2', f'--workdir={root / "sweep"}'])):
-    process = _popen(module, [f'--epochs={EPOCHS}', *args], cache_dir)
-    out, err = process.communicate(timeout=600)
-    assert process.returncode == 0, err
+  processes = [_popen(module, [f'--epochs={EPOCHS}', *args], cache_dir) for module, args in (
+      ('mlp_jax.main', ['--seed=3', f'--workdir={root / "single"}']),
+      ('experiments.sweep', ['--seeds=0-2', f'--workdir={root / "sweep"}']))]  # side by side
+  try:
+    for process in processes:
+      _, err = process.communicate(timeout=600)
+      assert process.returncode == 0, err
+  finally:
+    for process in processes:
+      process.kill()
   return root
 
 
@@ -87,7 +92,7 @@ def test_sigkill_then_resume_a_sweep(reference, tmp_path, cache_dir):
   args = [f'--epochs={EPOCHS}', '--seeds=0-2', '--chunk_size=2', '--checkpoint_every=1',
           f'--workdir={workdir}']
   process, _, out = _kill_and_resume('experiments.sweep', args, workdir / 'seed_1' / 'history.csv',
-                                     cache_dir, 3, signal.SIGKILL)
+                                     cache_dir, 2, signal.SIGKILL)
   assert process.returncode == -signal.SIGKILL and 'resumed' in out
   for seed in range(3):
     for name in ('history.csv',):
@@ -152,9 +157,11 @@ def test_unwritable_workdir(tmp_path, run_module):
   assert 'Traceback' not in result.stderr and blocker.read_text() == 'not a directory'
 
 
-def test_full_disk_leaves_the_last_checkpoint_intact(tmp_path, monkeypatch):
-  """A write failing with ENOSPC mid-run: clear error, earlier records readable, resumable."""
-  from mlp_jax import checkpoints, records  # pylint: disable=g-import-not-at-top
+def test_full_disk_leaves_the_last_checkpoint_intact(tmp_path, monkeypatch, mnist):
+  """A write failing with ENOSPC mid-run: clear error, earlier records readable, resumable
+  (train_and_evaluate in-process, on the first 8,192 training and 2,000 test images)."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from mlp_jax import checkpoints, records, run  # pylint: disable=g-import-not-at-top
   from mlp_jax.config import TrainConfig  # pylint: disable=g-import-not-at-top
   from mlp_jax.run import RunOptions, train_and_evaluate  # pylint: disable=g-import-not-at-top
   from mlp_jax.workdir import WorkdirError  # pylint: disable=g-import-not-at-top
@@ -166,6 +173,9 @@ def test_full_disk_leaves_the_last_checkpoint_intact(tmp_path, monkeypatch):
       raise OSError(errno.ENOSPC, 'No space left on device')
     real_save(self, epoch, states)
 
+  monkeypatch.setattr(run, 'load_data', lambda config: dataclasses.replace(
+      mnist, train_images=mnist.train_images[:8192], train_labels=mnist.train_labels[:8192],
+      test_images=mnist.test_images[:2000], test_labels=mnist.test_labels[:2000]))
   monkeypatch.setattr(checkpoints.ChunkCheckpoints, 'save', save_until_full)
   config = TrainConfig(epochs=3, batch_size=512)
   workdir = str(tmp_path / 'run')
@@ -177,4 +187,4 @@ def test_full_disk_leaves_the_last_checkpoint_intact(tmp_path, monkeypatch):
   monkeypatch.setattr(checkpoints.ChunkCheckpoints, 'save', real_save)
   result = train_and_evaluate(config, workdir, RunOptions(checkpoint_every=1))
   assert len(records.read_history(os.path.join(workdir, 'history.csv')).rows) == 3
-  assert result['test_accuracy'] > 0.9
+  assert result['test_accuracy'] > 0.8
