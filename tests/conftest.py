@@ -52,3 +52,18 @@ def without_timing(history_text):
   header = lines[0].split(',')
   keep = [i for i, name in enumerate(header) if not name.endswith('_seconds')]
   return [[row.split(',')[i] for i in keep] for row in lines]
+
+
+def crash_at_epoch(monkeypatch, epoch):
+  """Makes sink.RecordSink.write raise RuntimeError('crash') from epoch `epoch` on: a
+  run dies before that epoch's records, keeping what it wrote and checkpointed before.
+  `monkeypatch`: the test's fixture, or a pytest.MonkeyPatch (undo() restores the sink)."""
+  from mlp_jax import sink  # pylint: disable=g-import-not-at-top
+  real_write = sink.RecordSink.write
+
+  def write(self, at, metrics):
+    if at >= epoch:
+      raise RuntimeError('crash')
+    real_write(self, at, metrics)
+
+  monkeypatch.setattr(sink.RecordSink, 'write', write)

@@ -9,6 +9,7 @@ import builtins
 import dataclasses
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, read, without_timing
+from conftest import REPO, crash_at_epoch, read, without_timing
 from mlp_jax import checkpoints, driver, records, sink, workdir
 from mlp_jax.config import TrainConfig
 from mlp_jax.errors import Interrupted, UsageError
@@ -62,7 +63,14 @@ def reference(tiny, tmp_path_factory):
   root = tmp_path_factory.mktemp('reference')
   _train(tiny, root / 'single', checkpoint_every=0)
   _train(tiny, root / 'sweep', [0, 1], sweep=True, checkpoint_every=0)
-  return {False: _results(root / 'single'), True: _results(root / 'sweep', [0, 1], True)}
+  return {False: _results(root / 'single'), True: _results(root / 'sweep', [0, 1], True),
+          'single': root / 'single'}
+
+
+def _copy(source, path):
+  """A copy of a workdir made once for the module, for a test to damage or continue."""
+  shutil.copytree(source, path)
+  return path
 
 
 def _one_line(error):
@@ -206,19 +214,16 @@ def test_a_really_full_disk_is_one_line_without_orbax_tracebacks(tiny, reference
 # ----------------------------------------------------------------------------- damaged files
 
 
-def _interrupted_run(tiny, path, monkeypatch, epochs_done=2):
-  """A run of seed 0 that crashed after checkpointing epochs 1..epochs_done."""
-  real_write = sink.RecordSink.write
-
-  def crash(self, epoch, metrics):
-    if epoch > epochs_done:
-      raise RuntimeError('crash')
-    real_write(self, epoch, metrics)
-
-  monkeypatch.setattr(sink.RecordSink, 'write', crash)
-  with pytest.raises(RuntimeError, match='crash'):
-    _train(tiny, path)
-  monkeypatch.undo()
+@pytest.fixture(scope='module')
+def interrupted(tiny, tmp_path_factory):
+  """A run of seed 0 that crashed after checkpointing epochs 1 and 2 (copy it: _copy)."""
+  path = tmp_path_factory.mktemp('interrupted') / 'run'
+  with pytest.MonkeyPatch.context() as monkeypatch:
+    crash_at_epoch(monkeypatch, 3)
+    with pytest.raises(RuntimeError, match='crash'):
+      _train(tiny, path)
+  assert sorted(os.listdir(path / records.CHECKPOINT_DIR)) == ['1', '2']
+  return path
 
 
 def _truncate_largest(directory):
@@ -238,9 +243,8 @@ def _garble_metadata(directory):
 
 @pytest.mark.parametrize('damage', [_truncate_largest, _garble_metadata])
 def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one(
-    damage, tiny, reference, tmp_path, monkeypatch, capfd):
-  path = tmp_path / 'run'
-  _interrupted_run(tiny, path, monkeypatch)
+    damage, tiny, reference, interrupted, tmp_path, capfd):
+  path = _copy(interrupted, tmp_path / 'run')
   damage(str(path / records.CHECKPOINT_DIR / '2'))
   capfd.readouterr()
   _train(tiny, path)
@@ -250,9 +254,8 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one(
   assert _results(path) == reference[False]
 
 
-def test_no_intact_checkpoint_is_one_line_naming_the_directory(tiny, tmp_path, monkeypatch):
-  path = tmp_path / 'run'
-  _interrupted_run(tiny, path, monkeypatch)
+def test_no_intact_checkpoint_is_one_line_naming_the_directory(tiny, interrupted, tmp_path):
+  path = _copy(interrupted, tmp_path / 'run')
   for step in ('1', '2'):
     _truncate_largest(str(path / records.CHECKPOINT_DIR / step))
   with pytest.raises(WorkdirError) as error:
@@ -288,9 +291,9 @@ def test_a_damaged_params_file_is_finished_again_from_the_checkpoint(tiny, refer
     (records.HISTORY_FILE, 'epoch,train_loss\n1,GARBAGE\n'),
     (records.HISTORY_FILE, ''),
 ])
-def test_a_damaged_record_of_a_finished_run_is_one_line_naming_it(name, damage, tiny, tmp_path):
-  path = tmp_path / 'run'
-  _train(tiny, path, checkpoint_every=0)
+def test_a_damaged_record_of_a_finished_run_is_one_line_naming_it(name, damage, tiny, reference,
+                                                                  tmp_path):
+  path = _copy(reference['single'], tmp_path / 'run')  # finished, without checkpoints
   with open(path / name, 'w') as f:
     f.write(damage)
   with pytest.raises(UsageError) as error:
@@ -298,14 +301,21 @@ def test_a_damaged_record_of_a_finished_run_is_one_line_naming_it(name, damage, 
   assert str(path / name) in _one_line(error)
 
 
-def test_damaged_sweep_settings_are_one_line_naming_the_file(tiny, tmp_path):
-  _train(tiny, tmp_path, [0, 1], sweep=True, checkpoint_every=0,
-         config=CONFIG.replace(epochs=1))
-  with open(tmp_path / records.SWEEP_FILE, 'w') as f:
+@pytest.fixture(scope='module')
+def one_epoch_sweep(tiny, tmp_path_factory):
+  """A finished 1-epoch sweep of seeds 0-1 without checkpoints (copy it: _copy)."""
+  path = tmp_path_factory.mktemp('one_epoch') / 'sweep'
+  _train(tiny, path, [0, 1], sweep=True, checkpoint_every=0, config=CONFIG.replace(epochs=1))
+  return path
+
+
+def test_damaged_sweep_settings_are_one_line_naming_the_file(tiny, one_epoch_sweep, tmp_path):
+  path = _copy(one_epoch_sweep, tmp_path / 'sweep')
+  with open(path / records.SWEEP_FILE, 'w') as f:
     f.write('{"seeds": [0, 1], "config": ')
   with pytest.raises(UsageError) as error:
-    _train(tiny, tmp_path, [0, 1], sweep=True, config=CONFIG.replace(epochs=1))
-  assert str(tmp_path / records.SWEEP_FILE) in _one_line(error)
+    _train(tiny, path, [0, 1], sweep=True, config=CONFIG.replace(epochs=1))
+  assert str(path / records.SWEEP_FILE) in _one_line(error)
 
 
 # ----------------------------------------------------------------------------- finishing
@@ -331,15 +341,8 @@ def test_a_sweep_seed_missing_its_params_is_finished_from_its_chunk_whatever_the
 
 def test_an_interrupted_sweep_resumes_its_chunks_under_another_chunk_size(
     tiny, reference, tmp_path, monkeypatch, capfd):
-  real_write = sink.RecordSink.write
-
-  def crash(self, epoch, metrics):
-    if epoch == 3:
-      raise RuntimeError('crash')
-    real_write(self, epoch, metrics)
-
-  monkeypatch.setattr(sink.RecordSink, 'write', crash)
-  with pytest.raises(RuntimeError):
+  crash_at_epoch(monkeypatch, 3)
+  with pytest.raises(RuntimeError, match='crash'):
     _train(tiny, tmp_path, [0, 1], sweep=True, chunk_size=1)
   monkeypatch.undo()
   capfd.readouterr()
@@ -352,7 +355,7 @@ def test_an_interrupted_sweep_resumes_its_chunks_under_another_chunk_size(
 # ----------------------------------------------------------------------------- entry points
 
 
-def test_entry_points_meeting_in_one_workdir(tiny, tmp_path):
+def test_entry_points_meeting_in_one_workdir(tiny, one_epoch_sweep, tmp_path):
   from mlp_jax.inference import load_trained  # pylint: disable=g-import-not-at-top
   run, sweep = tmp_path / 'run', tmp_path / 'sweep'
   with workdir.lock(str(run)):  # a live run holds the workdir
@@ -361,7 +364,7 @@ def test_entry_points_meeting_in_one_workdir(tiny, tmp_path):
     assert 'is in use by process' in _one_line(error)
   with pytest.raises(UsageError, match='not a run directory'):
     load_trained(str(run))
-  _train(tiny, sweep, [0, 1], sweep=True, checkpoint_every=0, config=CONFIG.replace(epochs=1))
+  _copy(one_epoch_sweep, sweep)
   with pytest.raises(UsageError, match='holds a sweep'):
     _train(tiny, sweep, config=CONFIG.replace(epochs=1))
   with pytest.raises(UsageError, match='not a run directory'):
