@@ -47,7 +47,13 @@ def enable_compilation_cache(cache_dir: Optional[str] = None) -> Optional[str]:
 
 # XLA:CPU vectorises with 256-bit registers unless told otherwise, even on CPUs with
 # 512-bit units; 512 makes the seed config's epoch about 7% faster (README, Performance).
-CPU_COMPILER_OPTIONS = {'xla_cpu_prefer_vector_width': 512}
+# Without CSE: a program over several devices goes through the SPMD partitioner, whose
+# clean-up merges common subexpressions before the first algebraic simplification,
+# which a one-device program does not; at vmap width > 1 that changed how Adam's
+# per-seed bias correction was rewritten (m * (1/bc) on one device, m / (bc * ...) on
+# several, 1 ulp apart), so a seed's bits depended on the device count. Without the
+# pass both compile the same graph; width-1 bits are unchanged (README, Reproducibility).
+CPU_COMPILER_OPTIONS = {'xla_cpu_prefer_vector_width': 512, 'xla_disable_hlo_passes': 'cse'}
 
 
 def compiler_options(backend: Optional[str] = None) -> Dict[str, Any]:

@@ -13,9 +13,13 @@ from conftest import REPO, read, without_timing
 from mlp_jax import environment
 
 
-def test_cpu_programs_prefer_512_bit_vectors(monkeypatch):
+ALL = {'xla_cpu_prefer_vector_width': 512, 'xla_disable_hlo_passes': 'cse'}
+WITHOUT_WIDTH = {'xla_disable_hlo_passes': 'cse'}
+
+
+def test_cpu_programs_prefer_512_bit_vectors_and_skip_cse(monkeypatch):
   monkeypatch.delenv('XLA_FLAGS', raising=False)
-  assert environment.compiler_options('cpu') == {'xla_cpu_prefer_vector_width': 512}
+  assert environment.compiler_options('cpu') == ALL
   assert environment.compiler_options('gpu') == {}
   assert environment.compiler_options('tpu') == {}
 
@@ -23,9 +27,9 @@ def test_cpu_programs_prefer_512_bit_vectors(monkeypatch):
 def test_an_option_named_in_xla_flags_is_left_to_xla_flags(monkeypatch):
   monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=2 '
                                   '--xla_cpu_prefer_vector_width=256')
-  assert environment.compiler_options('cpu') == {}
+  assert environment.compiler_options('cpu') == WITHOUT_WIDTH
   monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
-  assert environment.compiler_options('cpu') == {'xla_cpu_prefer_vector_width': 512}
+  assert environment.compiler_options('cpu') == ALL
 
 
 def _has_512_bit_vectors():
@@ -66,8 +70,8 @@ def test_runs_compile_with_the_options_and_record_them(tmp_path, run_module):
     runs[name] = workdir
   recorded = {name: json.loads(read(os.path.join(w, 'environment.json')))
               for name, w in runs.items()}
-  assert recorded['default']['compiler_options'] == {'xla_cpu_prefer_vector_width': 512}
-  assert recorded['width256']['compiler_options'] == {}
+  assert recorded['default']['compiler_options'] == ALL
+  assert recorded['width256']['compiler_options'] == WITHOUT_WIDTH
   assert recorded['width256']['xla_flags'].startswith('--xla_cpu_prefer_vector_width=256')
   params = {name: hashlib.sha256(read(os.path.join(w, 'params.msgpack'), 'rb')).hexdigest()
             for name, w in runs.items()}
