@@ -338,19 +338,22 @@ def test_one_directory_is_a_usage_error(tmp_path):
   assert result.returncode == 2 and 'expected two directories' in result.stderr
 
 
-def test_real_runs(tmp_path, cache_dir):
-  """The same real command twice is IDENTICAL; another learning rate is DIFFERENT."""
-  env = {**os.environ, 'MLP_JAX_COMPILATION_CACHE': cache_dir}
-  dirs, processes = {}, []
-  for name, extra in (('a', []), ('b', []), ('lr', ['--learning_rate=0.002'])):
+def test_real_runs(tmp_path, mnist):
+  """The same real run twice is IDENTICAL; another learning rate is DIFFERENT (runs
+  trained in-process, 1 epoch on 2,048 images: compare reads only their records)."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from mlp_jax.config import TrainConfig  # pylint: disable=g-import-not-at-top
+  from mlp_jax.run import Layout, RunOptions, epoch_line, train  # pylint: disable=g-import-not-at-top
+  subset = dataclasses.replace(mnist, train_images=mnist.train_images[:2048],
+                               train_labels=mnist.train_labels[:2048],
+                               test_images=mnist.test_images[:1000],
+                               test_labels=mnist.test_labels[:1000])
+  dirs = {}
+  for name, learning_rate in (('a', 0.001), ('b', 0.001), ('lr', 0.002)):
     dirs[name] = str(tmp_path / name)
-    processes.append(subprocess.Popen(  # concurrently: most of a 1-epoch run is start-up
-        [sys.executable, '-m', 'mlp_jax.main', '--epochs=1', '--seed=3',
-         f'--workdir={dirs[name]}', *extra], cwd=REPO, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True))
-  for process in processes:
-    _, stderr = process.communicate(timeout=600)
-    assert process.returncode == 0, stderr
+    train(TrainConfig(epochs=1, seed=3, learning_rate=learning_rate), [3],
+          Layout(dirs[name], sweep=False), RunOptions(tensorboard=False), epoch_line, 0.0,
+          subset)
   same = compare(dirs['a'], dirs['b'], '--require_identical')
   assert same.returncode == 0, same.stdout + same.stderr
   assert verdict(same) == ('verdict: IDENTICAL (bit for bit: 1 seed x 1 epoch, '
