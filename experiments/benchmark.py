@@ -39,6 +39,13 @@ training and evaluation, all as its timing.json reports them (target: at most
 MAX_HOST_FRACTION), with the host work timing.json itemises (records,
 checkpoints, summaries).
 
+Grid mode (`--grid_seeds=N [--grid_rates=1e-4,3e-4,1e-3] [--sweep_epochs=E]
+[--grid_rounds=R]`) measures the grid of issue #13 against the sweep it must cost
+no more than MAX_GRID_RATIO times: `experiments.sweep --learning_rate=RATES
+--seeds=0-(N-1)` and a plain sweep of as many seeds (N x the number of rates),
+alternated for R rounds after a warm-up of each, and prints the ratio of their
+median wall times and each one's compile seconds (timing.json).
+
 It prints a table with the targets (PASS/FAIL) and writes every number, with the
 machine it ran on, to --output (benchmark.json). Each section also records the
 share of the CPU that other processes took while it ran (from /proc/stat); above
@@ -71,6 +78,7 @@ from mlp_jax import cli, environment, records
 from mlp_jax.config import TrainConfig
 from mlp_jax.data import load_mnist
 from mlp_jax.errors import UsageError
+from mlp_jax.grid import parse_values
 from mlp_jax.flags import reject_extra_arguments
 from mlp_jax.mesh import SeedMesh
 from mlp_jax.driver import ChunkPrograms, to_device
@@ -96,6 +104,9 @@ NOISY_CPU_FRACTION = 0.05
 MAX_EPOCH_SLOWDOWN = 1.25
 # Sweep mode: host work at most this fraction of training + evaluation.
 MAX_HOST_FRACTION = 0.10
+# Grid mode: a grid of rates x seeds at most this multiple of the wall time of a
+# sweep of as many seeds.
+MAX_GRID_RATIO = 1.2
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -111,6 +122,13 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_string('sweep_args', '', 'Sweep mode: more flags for experiments.sweep, '
                       'space-separated (e.g. "--vmap_width=64 --checkpoint_every=1").',
                       flag_values=flag_values)
+  flags.DEFINE_integer('grid_seeds', None, 'Grid mode: measure a grid of --grid_rates x '
+                       'this many seeds against a sweep of as many seeds (see the module '
+                       'docstring).', flag_values=flag_values)
+  flags.DEFINE_string('grid_rates', '1e-4,3e-4,1e-3', 'Grid mode: the learning rates.',
+                      flag_values=flag_values)
+  flags.DEFINE_integer('grid_rounds', 2, 'Grid mode: alternated rounds of grid and sweep.',
+                       flag_values=flag_values)
   flags.DEFINE_string('torch_python', None, 'A python interpreter with PyTorch installed: '
                       'the end-to-end section also runs experiments/torch_baseline.py with '
                       'it, alternated with mlp_jax.main, and prints the ratio.',
@@ -464,6 +482,50 @@ def format_sweep_mode(run: Dict[str, Any]) -> str:
       f'summaries {items["summary_seconds"]:.2f} s'])
 
 
+def measure_grid_mode(scratch: str, cache_dir: str, rates: Sequence[str], seeds: int,
+                      epochs: int, rounds: int) -> Dict[str, Any]:
+  """Grid mode: a warm-up of each, then `rounds` alternated rounds of the grid and of
+  the sweep of as many seeds; the ratio of their median wall times."""
+  shapes = {'grid': [f'--seeds=0-{seeds - 1}', f'--learning_rate={",".join(rates)}'],
+            'sweep': [f'--seeds=0-{len(rates) * seeds - 1}']}
+  runs: Dict[str, List[Dict[str, Any]]] = {name: [] for name in shapes}
+  for round_ in range(-1, rounds):  # round -1 fills the compilation cache
+    for name, args in shapes.items():
+      label = f'{name}-warmup' if round_ < 0 else f'{name}{round_}'
+      workdir = os.path.join(scratch, label)
+      run = run_child('experiments.sweep',
+                      [*args, f'--epochs={1 if round_ < 0 else epochs}', f'--workdir={workdir}'],
+                      cache_dir, os.path.join(scratch, f'{label}.log'))
+      if run['returncode'] != 0:
+        return {'command': run['command'], 'error': run.get('error')}
+      if round_ >= 0:
+        timing = records.read_json_object(os.path.join(workdir, records.TIMING_FILE))
+        run.update(compile_seconds=timing['compile_seconds'],
+                   train_seconds=timing['train_seconds'], seed_epochs=timing['seed_epochs'])
+        runs[name].append(run)
+  walls = {name: statistics.median(r['wall_seconds'] for r in runs[name]) for name in runs}
+  ratio = walls['grid'] / walls['sweep']
+  return {'rates': list(rates), 'seeds': seeds, 'epochs': epochs, 'runs': runs,
+          'median_wall_seconds': walls, 'ratio': ratio, 'passed': ratio <= MAX_GRID_RATIO}
+
+
+def format_grid_mode(result: Dict[str, Any]) -> str:
+  """The grid mode's printed lines."""
+  if 'error' in result:
+    return f'grid mode: {" ".join(result["command"][2:])} failed: {result["error"]}'
+  lines = [f'grid mode: {len(result["rates"])} learning rates x {result["seeds"]} seeds '
+           f'against {len(result["rates"]) * result["seeds"]} seeds, {result["epochs"]} '
+           'epochs each']
+  for name, runs in result['runs'].items():
+    each = lambda key, digits: ', '.join(f'{r[key]:.{digits}f}' for r in runs)
+    lines.append(f'  {name:<5} wall {each("wall_seconds", 1)} s (median '
+                 f'{result["median_wall_seconds"][name]:.1f}); compile '
+                 f'{each("compile_seconds", 2)} s; training {each("train_seconds", 1)} s')
+  verdict = 'PASS' if result['passed'] else 'FAIL'
+  lines.append(f'  grid / sweep wall time {result["ratio"]:.3f} (<= {MAX_GRID_RATIO} {verdict})')
+  return '\n'.join(lines)
+
+
 def epoch_slowdown(results: Dict[str, Any]) -> Optional[float]:
   """The epoch section's steady epoch time over the fastest sweep's seconds per
   seed-epoch in its program (None without a sweep). Both time the same compiled
@@ -730,6 +792,19 @@ def main(argv):
   if not os.path.isdir(os.path.dirname(os.path.abspath(output))):
     raise UsageError(f'--output={output}: no such directory')
   started = time.perf_counter()
+  if flags.FLAGS.grid_seeds is not None:
+    if flags.FLAGS.grid_seeds < 1 or flags.FLAGS.grid_rounds < 1 or flags.FLAGS.sweep_epochs < 1:
+      raise UsageError('--grid_seeds, --grid_rounds and --sweep_epochs must be at least 1')
+    rates = parse_values('learning_rate', flags.FLAGS.grid_rates)
+    machine = environment.describe()
+    print(format_header(machine), flush=True)
+    with tempfile.TemporaryDirectory(prefix='mlp_jax_benchmark_') as scratch:
+      result = measure_grid_mode(scratch, os.path.join(scratch, 'xla_cache'),
+                                 [repr(r) for r in rates], flags.FLAGS.grid_seeds,
+                                 flags.FLAGS.sweep_epochs, flags.FLAGS.grid_rounds)
+    print(format_grid_mode(result))
+    write_results(output, {'machine': machine, 'grid_mode': result})
+    return
   if flags.FLAGS.sweep_seeds is not None:
     if flags.FLAGS.sweep_seeds < 1 or flags.FLAGS.sweep_epochs < 1:
       raise UsageError('--sweep_seeds and --sweep_epochs must be at least 1')

@@ -1,10 +1,12 @@
 """experiments.benchmark: its arithmetic, its report and its command line (no timing)."""
 
 import json
+import os
 
 import pytest
 
 from experiments import benchmark
+from mlp_jax import records
 
 
 def test_flops_of_the_seed_config():
@@ -231,3 +233,29 @@ def test_end_to_end_section_with_and_without_pytorch():
   assert 'PyTorch loop, threads default (2), median of 1' in table and '20.00 s wall' in table
   assert 'no result line' in table
   assert '0.500' in table and '<= 0.40 FAIL' in table
+
+
+def test_grid_mode_compares_a_grid_with_a_sweep_of_as_many_seeds(tmp_path, monkeypatch):
+  """The commands it runs, and the ratio of median wall times against the target."""
+  commands, walls = [], iter([30.0, 25.0, 33.0, 28.0, 31.0, 26.0])
+
+  def fake_child(module, args, cache_dir, log_path):
+    del cache_dir, log_path
+    commands.append([module, *args])
+    workdir = next(a.split('=', 1)[1] for a in args if a.startswith('--workdir='))
+    os.makedirs(workdir)
+    records.write_json(os.path.join(workdir, records.TIMING_FILE),
+                       {'compile_seconds': 1.5, 'train_seconds': 20.0, 'seed_epochs': 60})
+    return {'command': ['python', '-m', module, *args], 'returncode': 0,
+            'wall_seconds': next(walls)}
+
+  monkeypatch.setattr(benchmark, 'run_child', fake_child)
+  result = benchmark.measure_grid_mode(str(tmp_path), str(tmp_path / 'cache'),
+                                       ['0.0001', '0.001'], seeds=3, epochs=2, rounds=2)
+  assert [c[1:3] for c in commands[::2]] == [['--seeds=0-2', '--learning_rate=0.0001,0.001']] * 3
+  assert [c[1] for c in commands[1::2]] == ['--seeds=0-5'] * 3
+  assert [c[-2] for c in commands] == ['--epochs=1'] * 2 + ['--epochs=2'] * 4
+  assert result['median_wall_seconds'] == {'grid': 32.0, 'sweep': 27.0}
+  assert result['ratio'] == pytest.approx(32 / 27) and result['passed']
+  text = benchmark.format_grid_mode(result)
+  assert 'grid / sweep wall time 1.185 (<= 1.2 PASS)' in text and 'compile 1.50, 1.50 s' in text
