@@ -1,5 +1,6 @@
 """Shared fixtures: the dataset, and running the entry points as a user does."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -13,6 +14,21 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def mnist():
   from mlp_jax.data import load_mnist
   return load_mnist()
+
+
+def mnist_subset(mnist, train: int, test: int):
+  """The first `train` training and `test` test images of the dataset."""
+  return dataclasses.replace(mnist, train_images=mnist.train_images[:train],
+                             train_labels=mnist.train_labels[:train],
+                             test_images=mnist.test_images[:test],
+                             test_labels=mnist.test_labels[:test])
+
+
+@pytest.fixture(scope='session')
+def subset(mnist):
+  """2,048 training and 1,000 test images: 16 steps an epoch of batch 128, for
+  in-process runs whose point is mechanics (bits, records, resume), not accuracy."""
+  return mnist_subset(mnist, 2048, 1000)
 
 
 @pytest.fixture(scope='session')
@@ -67,3 +83,31 @@ def crash_at_epoch(monkeypatch, epoch):
     real_write(self, at, metrics)
 
   monkeypatch.setattr(sink.RecordSink, 'write', write)
+
+
+# What a script run by run_on_cpu_devices starts with: `subset` as the fixture's,
+# `root` the directory to write in, the compilation cache of the session.
+_DEVICES_PREAMBLE = """
+import os, sys
+sys.path.insert(0, os.path.join(sys.argv[4], 'tests'))
+import jax
+from conftest import mnist_subset
+from mlp_jax import environment
+from mlp_jax.config import TrainConfig
+from mlp_jax.data import load_mnist
+from mlp_jax.run import Layout, RunOptions, epoch_line, sweep_line, train
+assert jax.device_count() == int(sys.argv[3]), jax.devices()
+environment.enable_compilation_cache(sys.argv[2])
+subset = mnist_subset(load_mnist(), 2048, 1000)
+root = sys.argv[1]
+"""
+
+
+def run_on_cpu_devices(devices: int, script: str, root: str, cache_dir: str) -> None:
+  """Runs `script` in a new Python with `devices` CPU devices (XLA_FLAGS), after a
+  preamble defining `subset`, `root` and the training imports; asserts it succeeds."""
+  env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'}
+  result = subprocess.run([sys.executable, '-c', _DEVICES_PREAMBLE + script, root, cache_dir,
+                           str(devices), REPO], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from conftest import REPO
+from conftest import REPO, mnist_subset
 
 HISTORY_HEADER = ('epoch', 'train_loss', 'train_accuracy', 'test_loss', 'test_accuracy',
                   'epoch_seconds', 'eval_seconds')
@@ -341,13 +341,9 @@ def test_one_directory_is_a_usage_error(tmp_path):
 def test_real_runs(tmp_path, mnist):
   """The same real run twice is IDENTICAL; another learning rate is DIFFERENT (runs
   trained in-process, 1 epoch on 2,048 images: compare reads only their records)."""
-  import dataclasses  # pylint: disable=g-import-not-at-top
   from mlp_jax.config import TrainConfig  # pylint: disable=g-import-not-at-top
   from mlp_jax.run import Layout, RunOptions, epoch_line, train  # pylint: disable=g-import-not-at-top
-  subset = dataclasses.replace(mnist, train_images=mnist.train_images[:2048],
-                               train_labels=mnist.train_labels[:2048],
-                               test_images=mnist.test_images[:1000],
-                               test_labels=mnist.test_labels[:1000])
+  subset = mnist_subset(mnist, 2048, 1000)
   dirs = {}
   for name, learning_rate in (('a', 0.001), ('b', 0.001), ('lr', 0.002)):
     dirs[name] = str(tmp_path / name)

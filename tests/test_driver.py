@@ -1,27 +1,17 @@
 """The driver in-process, on a subset of MNIST: chunks, padding, records, checkpoints, resume."""
 
-import dataclasses
 import os
 
 import numpy as np
 import pytest
 
-from conftest import crash_at_epoch, read, without_timing
+from conftest import crash_at_epoch, read, run_on_cpu_devices, without_timing
 from mlp_jax import checkpoints, driver, records, sink
 from mlp_jax.config import TrainConfig
 from mlp_jax.errors import UsageError
 from mlp_jax.run import Layout, RunOptions, epoch_line, sweep_line, train
 
 CONFIG = TrainConfig(epochs=3, batch_size=128)
-
-
-@pytest.fixture(scope='module')
-def subset(mnist):
-  """2,048 training and 1,000 test images: 16 steps an epoch."""
-  return dataclasses.replace(mnist, train_images=mnist.train_images[:2048],
-                             train_labels=mnist.train_labels[:2048],
-                             test_images=mnist.test_images[:1000],
-                             test_labels=mnist.test_labels[:1000])
 
 
 def _train(subset, workdir, seeds, sweep=True, config=CONFIG, **options):
@@ -169,20 +159,7 @@ def test_metrics_log_round_trip():
 
 
 _FOUR_DEVICES = '''
-import dataclasses, hashlib, json, os, sys
-from mlp_jax import environment, records
-from mlp_jax.config import TrainConfig
-from mlp_jax.data import load_mnist
-from mlp_jax.run import Layout, RunOptions, epoch_line, sweep_line, train
-import jax
-assert jax.device_count() == 4, jax.devices()
-environment.enable_compilation_cache(sys.argv[2])
-m = load_mnist()
-subset = dataclasses.replace(m, train_images=m.train_images[:2048],
-                             train_labels=m.train_labels[:2048],
-                             test_images=m.test_images[:1000], test_labels=m.test_labels[:1000])
 options = RunOptions(vmap_width=4, checkpoint_every=0, tensorboard=False)
-root = sys.argv[1]
 for name, seeds in (('0-9', list(range(10))), ('8-11', [8, 9, 10, 11])):
   train(TrainConfig(epochs=2), seeds, Layout(os.path.join(root, name), sweep=True), options,
         sweep_line, 0.0, subset)
@@ -195,12 +172,7 @@ def test_a_seed_is_the_same_in_any_sweep_on_one_or_four_devices(subset, tmp_path
   """Seed 9 at width 4 on 4 host devices (groups split over devices): in the padded
   sweep 0-9, in the sweep 8-11 and alone, the same bits as alone on one device.
   (XLA's CSE pass is off on the CPU for this: environment.CPU_COMPILER_OPTIONS.)"""
-  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
-  from conftest import REPO  # pylint: disable=g-import-not-at-top
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
-  result = subprocess.run([sys.executable, '-c', _FOUR_DEVICES, str(tmp_path / 'four'), cache_dir],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
+  run_on_cpu_devices(4, _FOUR_DEVICES, str(tmp_path / 'four'), cache_dir)
   single = str(tmp_path / 'one')
   _train(subset, single, [9], sweep=False, config=TrainConfig(epochs=2), vmap_width=4,
          checkpoint_every=0)

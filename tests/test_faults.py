@@ -6,7 +6,6 @@ workdir, a signal in every phase, and a diverging run. Each must cost one line
 bits of one never disturbed."""
 
 import builtins
-import dataclasses
 import errno
 import os
 import shutil
@@ -17,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, crash_at_epoch, read, without_timing
+from conftest import REPO, crash_at_epoch, mnist_subset, read, without_timing
 from mlp_jax import checkpoints, driver, records, sink, workdir
 from mlp_jax.config import TrainConfig
 from mlp_jax.errors import Interrupted, UsageError
@@ -34,10 +33,7 @@ checkpoints.quiet_orbax()
 @pytest.fixture(scope='module')
 def tiny(mnist):
   """512 training and 200 test images: 4 steps an epoch."""
-  return dataclasses.replace(mnist, train_images=mnist.train_images[:512],
-                             train_labels=mnist.train_labels[:512],
-                             test_images=mnist.test_images[:200],
-                             test_labels=mnist.test_labels[:200])
+  return mnist_subset(mnist, 512, 200)
 
 
 def _train(tiny, path, seeds=(0,), sweep=False, config=CONFIG, **options):

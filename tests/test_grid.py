@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import mlp_jax
-from conftest import read, without_timing
+from conftest import read, run_on_cpu_devices, without_timing
 from mlp_jax import records
 from mlp_jax.config import TrainConfig
 from mlp_jax.errors import UsageError
@@ -22,15 +22,6 @@ OPTIONS = RunOptions(checkpoint_every=0, tensorboard=False)
 # dropout on, so that both traced settings are exercised.
 GRID = Grid((('learning_rate', (1e-3, 3e-3)), ('hidden_sizes', ((32,), (16, 16)))))
 CONFIG = TrainConfig(epochs=2, dropout=0.1)
-
-
-@pytest.fixture(scope='module')
-def subset(mnist):
-  """2,048 training and 1,000 test images."""
-  return dataclasses.replace(mnist, train_images=mnist.train_images[:2048],
-                             train_labels=mnist.train_labels[:2048],
-                             test_images=mnist.test_images[:1000],
-                             test_labels=mnist.test_labels[:1000])
 
 
 @pytest.fixture(scope='module')
@@ -205,21 +196,9 @@ def test_compare_points_from_a_grid_to_its_members(grid_sweep):
 
 
 _TWO_DEVICES = """
-import dataclasses, sys
-import jax
-from mlp_jax import environment
-from mlp_jax.config import TrainConfig
-from mlp_jax.data import load_mnist
 from mlp_jax.grid import Grid
-from mlp_jax.run import Layout, RunOptions, sweep_line, train
-assert jax.device_count() == 2, jax.devices()
-environment.enable_compilation_cache(sys.argv[2])
-m = load_mnist()
-subset = dataclasses.replace(m, train_images=m.train_images[:2048],
-                             train_labels=m.train_labels[:2048],
-                             test_images=m.test_images[:1000], test_labels=m.test_labels[:1000])
 grid = Grid((('learning_rate', (1e-3, 3e-3)), ('hidden_sizes', ((32,), (16, 16)))))
-train(TrainConfig(epochs=2, dropout=0.1), [0, 1], Layout(sys.argv[1], sweep=True),
+train(TrainConfig(epochs=2, dropout=0.1), [0, 1], Layout(root, sweep=True),
       RunOptions(checkpoint_every=0, tensorboard=False), sweep_line, 0.0, subset, grid=grid)
 """
 
@@ -227,13 +206,8 @@ train(TrainConfig(epochs=2, dropout=0.1), [0, 1], Layout(sys.argv[1], sweep=True
 def test_a_grid_over_two_devices_is_the_grid_on_one(grid_sweep, tmp_path, cache_dir):
   """Members split over two devices (one chunk of 4 per program, 2 per device) have
   the bits of the one-device grid."""
-  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
-  from conftest import REPO  # pylint: disable=g-import-not-at-top
   assert GRID.axes[0][1] == (1e-3, 3e-3) and CONFIG == TrainConfig(epochs=2, dropout=0.1)
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
-  result = subprocess.run([sys.executable, '-c', _TWO_DEVICES, str(tmp_path), cache_dir],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
+  run_on_cpu_devices(2, _TWO_DEVICES, str(tmp_path), cache_dir)
   for member in records.sweep_run_dirs(records.read_json_object(
       os.path.join(grid_sweep, records.SWEEP_FILE))):
     assert _record(os.path.join(tmp_path, member)) == _record(os.path.join(grid_sweep, member))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import mlp_jax
-from conftest import without_timing
+from conftest import mnist_subset, without_timing
 from mlp_jax import records
 
 
@@ -167,13 +167,9 @@ def test_short_cnn_run_learns_and_loads(tmp_path, mnist):
   measured; the full data's epoch gives >= 97% but costs a few minutes on a CPU),
   and the loaded model (batch statistics in, dropout off) predicts what the run
   measured."""
-  import dataclasses  # pylint: disable=g-import-not-at-top
   from mlp_jax.config import TrainConfig  # pylint: disable=g-import-not-at-top
   from mlp_jax.run import Layout, RunOptions, epoch_line, train  # pylint: disable=g-import-not-at-top
-  subset = dataclasses.replace(mnist, train_images=mnist.train_images[:8192],
-                               train_labels=mnist.train_labels[:8192],
-                               test_images=mnist.test_images[:2000],
-                               test_labels=mnist.test_labels[:2000])
+  subset = mnist_subset(mnist, 8192, 2000)
   workdir = str(tmp_path / 'cnn')
   config = TrainConfig(model='cnn', batch_norm=True, dropout=0.25, epochs=1)
   train(config, [0], Layout(workdir, sweep=False),

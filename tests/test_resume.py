@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import REPO, read, without_timing
+from conftest import REPO, mnist_subset, read, without_timing
 
 EPOCHS = 3  # a kill after 2 rows lands in epoch 3: resumed from epoch 1 or 2
 
@@ -160,7 +160,6 @@ def test_unwritable_workdir(tmp_path, run_module):
 def test_full_disk_leaves_the_last_checkpoint_intact(tmp_path, monkeypatch, mnist):
   """A write failing with ENOSPC mid-run: clear error, earlier records readable, resumable
   (train_and_evaluate in-process, on the first 8,192 training and 2,000 test images)."""
-  import dataclasses  # pylint: disable=g-import-not-at-top
   from mlp_jax import checkpoints, records, run  # pylint: disable=g-import-not-at-top
   from mlp_jax.config import TrainConfig  # pylint: disable=g-import-not-at-top
   from mlp_jax.run import RunOptions, train_and_evaluate  # pylint: disable=g-import-not-at-top
@@ -173,9 +172,7 @@ def test_full_disk_leaves_the_last_checkpoint_intact(tmp_path, monkeypatch, mnis
       raise OSError(errno.ENOSPC, 'No space left on device')
     real_save(self, epoch, states)
 
-  monkeypatch.setattr(run, 'load_data', lambda config: dataclasses.replace(
-      mnist, train_images=mnist.train_images[:8192], train_labels=mnist.train_labels[:8192],
-      test_images=mnist.test_images[:2000], test_labels=mnist.test_labels[:2000]))
+  monkeypatch.setattr(run, 'load_data', lambda config: mnist_subset(mnist, 8192, 2000))
   monkeypatch.setattr(checkpoints.ChunkCheckpoints, 'save', save_until_full)
   config = TrainConfig(epochs=3, batch_size=512)
   workdir = str(tmp_path / 'run')

@@ -2,7 +2,6 @@
 
 import contextlib
 import csv
-import dataclasses
 import io
 import json
 import os
@@ -32,15 +31,6 @@ def test_parse_seeds(text, seeds):
 def test_parse_seeds_rejects(text):
   with pytest.raises(UsageError, match='--seeds'):
     parse_seeds(text)
-
-
-@pytest.fixture(scope='module')
-def subset(mnist):
-  """2,048 training and 1,000 test images: 16 steps an epoch."""
-  return dataclasses.replace(mnist, train_images=mnist.train_images[:2048],
-                             train_labels=mnist.train_labels[:2048],
-                             test_images=mnist.test_images[:1000],
-                             test_labels=mnist.test_labels[:1000])
 
 
 def _train(subset, workdir, seeds, sweep=True, config=CONFIG, **options):
