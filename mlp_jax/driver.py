@@ -28,7 +28,7 @@ from typing import (Any, Callable, Dict, FrozenSet, Iterator, List, NamedTuple, 
 import jax
 import numpy as np
 
-from mlp_jax import environment, records
+from mlp_jax import environment
 from mlp_jax.checkpoints import (ChunkCheckpoints, NoCheckpoints, RowKey, SavePolicy,
                                  checkpointed_seeds)
 from mlp_jax.config import TrainConfig
@@ -392,11 +392,12 @@ class DriverOptions:
   stop_on_divergence: bool = False
 
 
-def train_members(members: Sequence[Member], ctx: Context, options: DriverOptions,
-                  checkpoint_dir: Callable[[Sequence[RowKey]], str], reporter: Reporter,
-                  progress: Progress, timing: DriverTiming, started: float,
-                  saved_dirs: Sequence[str] = ()) -> None:
-  """Trains every incomplete member to its last epoch, chunk by chunk.
+def train_members(members: Sequence[Member], todo: Sequence[Member], ctx: Context,
+                  options: DriverOptions, checkpoint_dir: Callable[[Sequence[RowKey]], str],
+                  reporter: Reporter, progress: Progress, timing: DriverTiming,
+                  started: float, saved_dirs: Sequence[str] = ()) -> None:
+  """Trains `todo`, the members of `members` whose records are not complete, to
+  their last epoch, chunk by chunk.
 
   `saved_dirs`: existing chunk checkpoint directories (a sweep's); an incomplete
   seed checkpointed in one resumes there, with the chunk it was saved in
@@ -409,7 +410,6 @@ def train_members(members: Sequence[Member], ctx: Context, options: DriverOption
     OSError: a record could not be written; what was written before is intact.
   """
   epochs = members[0].config.epochs
-  todo = [m for m in members if not records.is_complete(m.run_dir)]
   progress.add_done((len(members) - len(todo)) * epochs)
   unit = members[0].config.vmap_width * ctx.mesh.size
   chunks = resumable_chunks(members, todo, saved_dirs, unit) if todo else []

@@ -70,8 +70,6 @@ def load_trained(workdir: str, output: str = 'labels') -> Callable[[np.ndarray],
   float32 numpy of shape (N, classes). It works on a single run's workdir or on
   one run directory of a sweep (`seed_<k>/`, or `<setting>=<value>/seed_<k>/`).
   """
-  if output not in OUTPUTS:
-    raise UsageError(f'output must be one of {", ".join(OUTPUTS)}, got {output!r}')
   config, variables = _trained_variables(workdir)
   forward = make_forward(config, num_classes_of(variables), output)
   return lambda images: forward(variables, images)

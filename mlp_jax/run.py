@@ -326,9 +326,11 @@ def train(config: TrainConfig, seeds: Sequence[int], layout: Layout, options: Ru
     members = [layout.member(p.config.replace(seed=s), p) for p in points for s in seeds]
     groups = program_groups(members, lambda m: program_config(m.config))
     width, to_fit = resolve_vmap_width(max(map(len, groups)), layout, options)
-    # --overwrite starts every member over (prepare_run_dirs deletes their records).
-    due = [options.overwrite or not all(records.is_complete(m.run_dir) for m in group)
-           for group in groups]
+    # Read once (is_complete reads each params file back); --overwrite starts every
+    # member over (prepare_run_dirs deletes their records).
+    complete = set() if options.overwrite else {
+        m.run_dir for m in members if records.is_complete(m.run_dir)}
+    due = [any(m.run_dir not in complete for m in group) for group in groups]
     contexts = create_contexts(groups, due, width, dataset)
     if to_fit and any(due):
       fitted = min(fitted_width(ctx, width) for ctx in contexts if ctx is not None)
@@ -367,7 +369,8 @@ def train(config: TrainConfig, seeds: Sequence[int], layout: Layout, options: Ru
                 f'width {width}, chunks of {driver_options.chunk_size} over '
                 f'{jax.device_count()} device(s) in {jax.process_count()} process(es); '
                 f'writing to {layout.workdir}', flush=True)
-        train_members(group, ctx, driver_options, layout.checkpoint_dir, reporter, progress,
+        train_members(group, [m for m in group if m.run_dir not in complete], ctx,
+                      driver_options, layout.checkpoint_dir, reporter, progress,
                       timing, started, layout.saved_checkpoint_dirs())
     finally:
       progress.close()
