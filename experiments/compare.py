@@ -469,7 +469,7 @@ def side_curves(side: Side) -> Optional[Dict[str, np.ndarray]]:
 def write_plot(a: Side, b: Side, path: str) -> None:
   """Draws both sides' curves into one PNG (see the module docstring)."""
   from mlp_jax import plots, stats  # pylint: disable=g-import-not-at-top
-  plt, fig, acc_ax, loss_ax = plots._axes_pair(  # pylint: disable=protected-access
+  fig, acc_ax, loss_ax = plots.axes_pair(
       f'A: {_short(a)}   vs   B: {_short(b)}')
   lowest = []
   for name, side, color in (('A', a, 'tab:blue'), ('B', b, 'tab:red')):
@@ -505,8 +505,6 @@ def write_plot(a: Side, b: Side, path: str) -> None:
     fig.savefig(path, dpi=110)
   except OSError as e:
     raise UsageError(f'--output={path}: cannot write ({e.strerror or e})') from None
-  finally:
-    plt.close(fig)
 
 
 def _short(side: Side) -> str:
@@ -521,7 +519,9 @@ def _short(side: Side) -> str:
 # `config`, or of environment.json; what to call it).
 NUMERICS_SETTINGS = (('vmap_width', 'vmap width'), ('matmul_precision', 'matmul precision'))
 NUMERICS_ENVIRONMENT = (('backend', 'backend'), ('device_kind', 'device kind'),
-                        ('platform.cpu', 'CPU'), ('versions.jax', 'jax version'),
+                        ('platform.cpu', 'CPU'), ('platform.cpu_id', 'CPU id'),
+                        ('platform.cpu_isa', 'CPU vector extensions'),
+                        ('versions.jax', 'jax version'),
                         ('versions.jaxlib', 'jaxlib version'), ('versions.flax', 'flax version'),
                         ('versions.optax', 'optax version'),
                         ('compiler_options', 'compiler options'),

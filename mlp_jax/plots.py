@@ -7,16 +7,17 @@ from typing import Mapping, Sequence, Tuple
 import numpy as np
 
 
-def _pyplot():
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  return plt
+def axes_pair(title: str):
+  """A figure of two axes side by side, accuracy and loss (log scale):
+  (fig, acc_ax, loss_ax). `fig.savefig(path)` writes it; nothing needs closing.
 
-
-def _axes_pair(title: str):
-  plt = _pyplot()
-  fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+  matplotlib's object-oriented API: no pyplot, whose global figure registry a
+  process writing PNGs does not need (and which is not thread-safe)."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  fig = Figure(figsize=(11, 4.2))
+  FigureCanvasAgg(fig)
+  acc_ax, loss_ax = fig.subplots(1, 2)
   # A fixed layout: tight_layout measures every text and took ~1 s of a run's end.
   fig.subplots_adjust(left=0.07, right=0.985, bottom=0.12, top=0.84, wspace=0.22)
   fig.suptitle(title)
@@ -24,12 +25,12 @@ def _axes_pair(title: str):
   loss_ax.set(title='Loss (mean cross-entropy)', xlabel='epoch', ylabel='loss', yscale='log')
   for ax in (acc_ax, loss_ax):
     ax.grid(True, alpha=0.3)
-  return plt, fig, acc_ax, loss_ax
+  return fig, acc_ax, loss_ax
 
 
 def plot_history(history: Mapping[str, np.ndarray], path: str, title: str) -> None:
   """Train and test accuracy and loss of one run, per epoch, written as a PNG."""
-  plt, fig, acc_ax, loss_ax = _axes_pair(title)
+  fig, acc_ax, loss_ax = axes_pair(title)
   epochs = history['epoch']
   for split, color in (('train', 'tab:blue'), ('test', 'tab:orange')):
     acc_ax.plot(epochs, history[f'{split}_accuracy'], color=color, label=split)
@@ -42,7 +43,6 @@ def plot_history(history: Mapping[str, np.ndarray], path: str, title: str) -> No
   for ax in (acc_ax, loss_ax):
     ax.legend()
   fig.savefig(path, dpi=110)
-  plt.close(fig)
 
 
 def plot_band(curves: Mapping[str, np.ndarray], path: str, title: str) -> None:
@@ -56,7 +56,7 @@ def plot_band(curves: Mapping[str, np.ndarray], path: str, title: str) -> None:
   """
   from matplotlib.collections import LineCollection  # pylint: disable=g-import-not-at-top
   from mlp_jax.stats import mean_ci  # pylint: disable=g-import-not-at-top
-  plt, fig, acc_ax, loss_ax = _axes_pair(title)
+  fig, acc_ax, loss_ax = axes_pair(title)
   epochs = curves['epoch']
   for split, color in (('train', 'tab:blue'), ('test', 'tab:orange')):
     for ax, metric in ((acc_ax, f'{split}_accuracy'), (loss_ax, f'{split}_loss')):
@@ -79,7 +79,6 @@ def plot_band(curves: Mapping[str, np.ndarray], path: str, title: str) -> None:
   acc_ax.legend(fontsize=8, loc='lower right')
   loss_ax.legend(fontsize=8, loc='upper right')
   fig.savefig(path, dpi=110)
-  plt.close(fig)
 
 
 def plot_bands(points: Sequence[Tuple[str, Mapping[str, np.ndarray]]], path: str,
@@ -93,8 +92,9 @@ def plot_bands(points: Sequence[Tuple[str, Mapping[str, np.ndarray]]], path: str
     title: figure title.
   """
   from mlp_jax.stats import mean_ci  # pylint: disable=g-import-not-at-top
-  plt, fig, acc_ax, loss_ax = _axes_pair(title)
-  colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
+  fig, acc_ax, loss_ax = axes_pair(title)
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  colors = matplotlib.rcParams['axes.prop_cycle'].by_key()['color']
   lowest = 1.0
   for i, (label, curves) in enumerate(points):
     color, epochs = colors[i % len(colors)], curves['epoch']
@@ -112,4 +112,3 @@ def plot_bands(points: Sequence[Tuple[str, Mapping[str, np.ndarray]]], path: str
   loss_ax.set_ylabel('test loss')
   acc_ax.legend(fontsize=7, loc='lower right')
   fig.savefig(path, dpi=110)
-  plt.close(fig)

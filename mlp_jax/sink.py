@@ -65,11 +65,8 @@ class RecordSink:
     self._examples = (train_examples, test_examples)
     self._thread = concurrent.futures.ThreadPoolExecutor(1, 'mlp_jax-records')
     self._pending: List[concurrent.futures.Future] = []
-    self._tensorboard = None
-    if tensorboard and self.run_dirs:
-      from mlp_jax.tensorboard import EpochWriter  # pylint: disable=g-import-not-at-top
-      self._tensorboard = EpochWriter(
-          [os.path.join(d, records.TENSORBOARD_DIR) for d in self.run_dirs])
+    self._with_tensorboard = tensorboard and bool(self.run_dirs)
+    self._tensorboard = None  # made by the thread at its first write (see _write)
     self.seconds = 0.0  # time the driver spent here (waiting on the thread included)
 
   def begin(self, log: np.ndarray, rows: Sequence[int], epoch: int) -> None:
@@ -119,7 +116,14 @@ class RecordSink:
   def _write(self, epoch: int, metrics: Dict[str, np.ndarray]) -> None:
     for run_dir, row in zip(self.run_dirs, self._rows(epoch, metrics)):
       records.append_history(os.path.join(run_dir, records.HISTORY_FILE), [row])
-    if self._tensorboard is not None:
+    if self._with_tensorboard:
+      if self._tensorboard is None:
+        # Here rather than in __init__: importing tensorboardX takes ~0.25 s (2 cores
+        # of an AMD EPYC), which this thread spends while the next epoch trains
+        # instead of before the first one.
+        from mlp_jax.tensorboard import EpochWriter  # pylint: disable=g-import-not-at-top
+        self._tensorboard = EpochWriter(
+            [os.path.join(d, records.TENSORBOARD_DIR) for d in self.run_dirs])
       self._tensorboard.write(epoch, accuracies(metrics, *self._examples))
 
   def _raise_errors(self, wait: bool) -> None:

@@ -2,6 +2,7 @@
 
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -107,6 +108,39 @@ def test_auto_checkpoints_follow_their_cost():
   assert not policy.wants(5, 10)
   every_2 = checkpoints.SavePolicy(every=2)
   assert [e for e in range(1, 8) if every_2.wants(e, 7)] == [2, 4, 6, 7]
+
+
+def test_checkpoints_open_at_their_first_save(tmp_path):
+  """A new chunk needs no orbax before its first save (its import is ~0.35 s of a
+  laptop run's start-up): nothing is created until then, and a chunk that never
+  saves leaves no directory."""
+  directory = str(tmp_path / 'chunk')
+  state = {'x': jax.numpy.arange(4, dtype=np.float32)}
+  unsaved = checkpoints.ChunkCheckpoints(directory, [0], 2, checkpoints.SavePolicy(1), 16)
+  assert unsaved.restore_latest(state) == (0, None, [])
+  unsaved.close()
+  assert not os.path.exists(directory)
+  saved = checkpoints.ChunkCheckpoints(directory, [0], 2, checkpoints.SavePolicy(1), 16)
+  saved.save(1, state)
+  saved.close()
+  reopened = checkpoints.ChunkCheckpoints(directory, [0], 2, checkpoints.SavePolicy(1), 16)
+  epoch, restored, notes = reopened.restore_latest(state)
+  reopened.close()
+  assert (epoch, notes) == (1, [])
+  np.testing.assert_array_equal(restored['x'], state['x'])
+
+
+def test_the_sink_makes_its_tensorboard_writer_on_its_thread(tmp_path):
+  """tensorboardX is imported by the records thread at the first write, while the
+  next epoch trains, not before the first epoch."""
+  run_dir = str(tmp_path / 'run')
+  os.makedirs(run_dir)
+  records_sink = sink.RecordSink([run_dir], 100, 10, tensorboard=True)
+  assert not os.path.exists(os.path.join(run_dir, records.TENSORBOARD_DIR))
+  metrics = {name: np.ones(1, np.float32) for name in sink.LOG_COLUMNS}
+  records_sink.write(1, metrics)
+  records_sink.close()
+  assert os.listdir(os.path.join(run_dir, records.TENSORBOARD_DIR))
 
 
 def test_a_chunk_too_large_for_the_device_is_one_line_naming_chunk_size():
