@@ -713,7 +713,10 @@ def table_rows(results: Dict[str, Any]) -> List[Tuple[str, str, str]]:
 
 def format_header(machine: Dict[str, Any]) -> str:
   platform = machine['platform']
-  return (f'machine: {platform["cpu"]}, {platform["cpu_count"]} cores; backend '
+  details = '; '.join(filter(None, [platform.get('cpu_id'),
+                                    ' '.join(platform.get('cpu_isa') or []) or None]))
+  cpu = f'{platform["cpu"]} ({details})' if details else platform['cpu']
+  return (f'machine: {cpu}, {platform["cpu_count"]} cores; backend '
           f'{machine["backend"]} ({machine["device_kind"]} x {machine["device_count"]}); '
           f'jax {machine["versions"]["jax"]}, jaxlib {machine["versions"]["jaxlib"]}')
 

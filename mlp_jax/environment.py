@@ -242,15 +242,35 @@ def _git_commit() -> Optional[Dict[str, Any]]:
   return {'commit': commit, 'dirty': bool(dirty.strip())}
 
 
-def _cpu_model() -> Optional[str]:
+# The vector extensions that decide which kernels XLA:CPU and YNNPACK run (and so
+# a CPU run's speed and, across them, its last bits), as /proc/cpuinfo names them.
+VECTOR_ISA = ('avx', 'avx2', 'fma', 'avx512f', 'avx512_vnni', 'avx512_bf16', 'avx512_fp16',
+              'amx_tile', 'amx_bf16')
+
+
+def cpu_description() -> Dict[str, Any]:
+  """{'cpu': the model name, 'cpu_id': vendor, family, model and stepping, 'cpu_isa':
+  the VECTOR_ISA extensions it has}. The model name alone can name different
+  generations alike (a VM shows 'AMD EPYC' for Zen 3 and Zen 5); the id tells them
+  apart. Off Linux only 'cpu' (platform.processor()), the others None."""
+  fields: Dict[str, str] = {}
   try:
     with open('/proc/cpuinfo') as f:
       for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
+        if not line.strip():
+          break  # the first processor's block describes them all
+        key, _, value = line.partition(':')
+        fields[key.strip()] = value.strip()
   except OSError:
     pass
-  return platform.processor() or None
+  if not fields:
+    return {'cpu': platform.processor() or None, 'cpu_id': None, 'cpu_isa': None}
+  cpu_id = ' '.join(f'{label} {fields[key]}' if label else fields[key] for key, label in (
+      ('vendor_id', ''), ('cpu family', 'family'), ('model', 'model'),
+      ('stepping', 'stepping')) if key in fields) or None
+  flags = set(fields.get('flags', '').split())
+  return {'cpu': fields.get('model name') or platform.processor() or None, 'cpu_id': cpu_id,
+          'cpu_isa': [name for name in VECTOR_ISA if name in flags]}
 
 
 def _usable_cores() -> Optional[int]:
@@ -279,7 +299,7 @@ def describe(dataset: Optional[Dataset] = None) -> Dict[str, Any]:
           'jax_enable_x64', 'jax_default_matmul_precision', 'jax_default_prng_impl',
           'jax_compilation_cache_dir')},
       'platform': {'system': platform.system(), 'release': platform.release(),
-                   'machine': platform.machine(), 'cpu': _cpu_model(),
+                   'machine': platform.machine(), **cpu_description(),
                    'cpu_count': os.cpu_count(), 'usable_cores': _usable_cores()},
       'command': [os.path.basename(sys.executable)] + sys.argv,
       'git': _git_commit(),

@@ -256,6 +256,21 @@ def test_differing_bits_are_explained_by_width_precision_backend_and_versions(tm
   assert 'likely reason' not in compare(a, c).stdout
 
 
+def test_a_cpu_of_another_generation_under_the_same_name_is_named(tmp_path):
+  """A VM may call Zen 3 and Zen 5 both 'AMD EPYC': the CPU id and vector extensions
+  tell them apart, and compare names them."""
+  zen3 = {'platform': {'cpu': 'AMD EPYC', 'cpu_id': 'AuthenticAMD family 25 model 1 stepping 1',
+                       'cpu_isa': ['avx', 'avx2', 'fma']}}
+  zen5 = {'platform': {'cpu': 'AMD EPYC', 'cpu_id': 'AuthenticAMD family 26 model 2 stepping 1',
+                       'cpu_isa': ['avx', 'avx2', 'fma', 'avx512f']}}
+  a = write_sweep(tmp_path / 'a', {0: 0.9701}, environment=zen3)
+  b = write_sweep(tmp_path / 'b', {0: 0.9702}, environment=zen5)
+  out = compare(a, b).stdout
+  assert ('likely reason for differing bits: CPU id "AuthenticAMD family 25 model 1 stepping 1" '
+          '-> "AuthenticAMD family 26 model 2 stepping 1"; CPU vector extensions '
+          '["avx", "avx2", "fma"] -> ["avx", "avx2", "fma", "avx512f"]\n') in out, out
+
+
 def test_identical_sweeps_and_a_seed_without_records(tmp_path):
   finals = {0: 0.97, 1: 0.971, 2: 0.9705}
   a, b = write_sweep(tmp_path / 'a', finals), write_sweep(tmp_path / 'b', finals)

@@ -40,6 +40,23 @@ def _has_512_bit_vectors():
     return False
 
 
+@pytest.mark.skipif(not os.path.exists('/proc/cpuinfo'), reason='needs /proc/cpuinfo')
+def test_the_cpu_is_described_by_its_id_and_vector_extensions():
+  """'AMD EPYC' names several generations: environment.json also records the
+  family/model and the vector extensions, as /proc/cpuinfo gives them."""
+  described = environment.describe()['platform']
+  with open('/proc/cpuinfo') as f:
+    first = f.read().split('\n\n')[0]
+  fields = dict((k.strip(), v.strip()) for k, _, v in
+                (line.partition(':') for line in first.splitlines()))
+  flags = fields['flags'].split()
+  assert described['cpu'] == fields['model name']
+  assert described['cpu_id'] == (f"{fields['vendor_id']} family {fields['cpu family']} "
+                                 f"model {fields['model']} stepping {fields['stepping']}")
+  assert described['cpu_isa'] == [n for n in environment.VECTOR_ISA if n in flags]
+  assert ('avx2' in described['cpu_isa']) == ('avx2' in flags)
+
+
 def test_the_programs_are_compiled_with_the_options(monkeypatch, mnist):
   """An option XLA does not know fails the compile: the training and evaluation
   programs are compiled with `compiler_options()`, whatever the CPU."""
