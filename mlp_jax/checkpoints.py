@@ -15,8 +15,8 @@ epochs since the last finished save.
 
 How often (`SavePolicy`): every N epochs when asked (`--checkpoint_every=N`),
 else ('auto') whenever the time since the last save has reached COST_FACTOR
-times what saves cost here, so checkpoints take at most ~1/COST_FACTOR of the
-run, at any number of seeds.
+times what saves cost here (guessed until one is timed, importing orbax included),
+so checkpoints take at most ~1/COST_FACTOR of the run, at any number of seeds.
 
 Failures: orbax raises a failed write (a full disk) from its background threads,
 at the next call, as its own exception; `ChunkCheckpoints` turns every such
@@ -45,8 +45,13 @@ from mlp_jax.workdir import WorkdirError
 # Auto policy: at least this many times a save's cost between two saves (2%).
 COST_FACTOR = 50
 # Until a save here has been timed, its cost is guessed from its size at this rate
-# (below the 175 MB/s of the H100 host in issue #12: 1.29 GB saved in 7.35 s).
+# (below the 175 MB/s of the H100 host in issue #12: 1.29 GB saved in 7.35 s)...
 ASSUMED_BYTES_PER_SECOND = 150e6
+# ... plus, in a process that has not imported orbax yet, what the first save costs
+# before writing anything: importing orbax and opening the manager (0.35-0.4 s on 2
+# cores of an AMD EPYC, Zen 3). A laptop run's first save then comes after ~25 s of
+# training rather than after its first epoch, which it would delay by that much.
+ASSUMED_OPEN_SECONDS = 0.5
 
 
 def _orbax():
@@ -210,7 +215,8 @@ class ChunkCheckpoints:
     self.seeds = row_keys(seeds)
     self.policy = policy
     if policy.every is None:
-      policy.save_seconds = nbytes / ASSUMED_BYTES_PER_SECOND
+      policy.save_seconds = nbytes / ASSUMED_BYTES_PER_SECOND + (
+          0.0 if 'orbax.checkpoint' in sys.modules else ASSUMED_OPEN_SECONDS)
     self.directory = directory
     self.blocking_seconds = 0.0  # the time saves held up training
     self._keep = keep
