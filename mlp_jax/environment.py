@@ -101,11 +101,14 @@ def apply_determinism(deterministic: bool = True) -> str:
 # without PJRT_NPROC as many as the process may use cores: on an AMD EPYC without
 # AVX-512 a run pinned to one core, one on two cores and one on 4 CPU devices computed
 # three different sets of parameters (README, Performance). A pool of a fixed size
-# makes them one. 4 is the most CPU devices a process of the project's own runs and
-# tests has (each device needs a thread of its own), and on the AVX-512 machine the
-# project was developed on a pool of 4 computed what one of 1 or 2 threads did.
+# makes them one. 2, not more: with batches of 128 a third or fourth thread buys
+# nothing, and on a 2-core machine a pool of 4 made the seed config's training 21%
+# slower than one of 2 (the same AMD EPYC, 20 epochs, 4 alternated rounds; README,
+# The laptop run). A process with more CPU devices than that (each needs a thread of
+# its own) has a larger pool. On the AVX-512 machine the project was developed on,
+# pools of 1, 2 and 4 computed the same bits.
 INTRA_OP_THREADS_ENV = 'PJRT_NPROC'
-INTRA_OP_THREADS = 4
+INTRA_OP_THREADS = 2
 
 
 def _fix_intra_op_threads() -> bool:

@@ -112,11 +112,12 @@ def test_the_intra_op_thread_pool_has_a_fixed_size(tmp_path):
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.splitlines()[-1])
 
-  assert child() == ['4', {'PJRT_NPROC': '4', 'pool': 4}]
+  fixed = str(environment.INTRA_OP_THREADS)
+  assert child() == [fixed, {'PJRT_NPROC': fixed, 'pool': environment.INTRA_OP_THREADS}]
   assert child(PJRT_NPROC='3') == ['3', {'PJRT_NPROC': '3', 'pool': 3}]
   # One thread per device at least: XLA sizes the pool max(PJRT_NPROC, devices).
   assert child(XLA_FLAGS='--xla_force_host_platform_device_count=6') == \
-      ['4', {'PJRT_NPROC': '4', 'pool': 6}]
+      [fixed, {'PJRT_NPROC': fixed, 'pool': 6}]
   assert child(before='import jax; jax.devices(); ') == [None, {'PJRT_NPROC': None, 'pool': None}]
 
 
