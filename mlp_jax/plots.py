@@ -21,9 +21,12 @@ def axes_pair(title: str):
   # A fixed layout: tight_layout measures every text and took ~1 s of a run's end.
   fig.subplots_adjust(left=0.07, right=0.985, bottom=0.12, top=0.84, wspace=0.22)
   fig.suptitle(title)
-  acc_ax.set(title='Accuracy', xlabel='epoch', ylabel='accuracy')
-  loss_ax.set(title='Loss (mean cross-entropy)', xlabel='epoch', ylabel='loss', yscale='log')
-  for ax in (acc_ax, loss_ax):
+  acc_ax.set(xlabel='epoch', ylabel='accuracy')
+  loss_ax.set(xlabel='epoch', ylabel='loss', yscale='log')
+  for ax, name in ((acc_ax, 'Accuracy'), (loss_ax, 'Loss (mean cross-entropy)')):
+    # At a fixed height: placed automatically, each draw measures every tick label
+    # to keep the title clear of them (0.2 s of a 0.3 s picture).
+    ax.set_title(name, y=1.0, pad=6)
     ax.grid(True, alpha=0.3)
   return fig, acc_ax, loss_ax
 
