@@ -321,8 +321,8 @@ def run_torch(torch_python: str, threads: str, epochs: int, cache_dir: str,
 # measured apart): (key, label).
 E2E_PARTS = (
     ('imports', 'imports (import mlp_jax.main, measured apart)'),
-    ('startup_rest', 'rest of start-up: data, tracing, compile or cache hit, init'),
-    ('compile', '  of which compiling or loading from the cache'),
+    ('startup_rest', 'rest of start-up: data, programs, init'),
+    ('compile', '  of which tracing and compiling, or loading both from the caches'),
     ('train', 'training'),
     ('eval', 'evaluation'),
     ('checkpoint', 'checkpoints (the driver\'s waits on them)'),
@@ -583,7 +583,9 @@ def _child_rows(label: str, run: Dict[str, Any]) -> List[Tuple[str, str, str]]:
           ('  first epoch done / start-up / compile (timing.json)',
            ' / '.join(_seconds(t.get(k)) for k in ('first_epoch_done_seconds',
                                                    'startup_seconds', 'compile_seconds'))
-           + ' s', '')]
+           + ' s', ''),
+          ('  programs loaded from the program cache / traced',
+           f'{t.get("programs_from_cache")} / {t.get("programs_traced")}', '')]
 
 
 def cpu_share_rows(results: Dict[str, Any]) -> List[Tuple[str, str, str]]:

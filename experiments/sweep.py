@@ -47,10 +47,11 @@ def main(argv):
   config = config_from_flags(seeds[0], grid=True)
   grid = grid_from_flags()
   grid.points(config)  # every point's settings checked before anything is written
-  options = run_options_from_flags(seed_curves=FLAGS.seed_curves)
+  cache_dir = environment.enable_compilation_cache(FLAGS.compilation_cache_dir)
+  options = run_options_from_flags(seed_curves=FLAGS.seed_curves,
+                                   program_cache_dir=environment.program_cache_dir(cache_dir))
   environment.apply_determinism(FLAGS.deterministic)  # before the backend starts
   environment.initialize_distributed()
-  environment.enable_compilation_cache(FLAGS.compilation_cache_dir)
   train_sweep(config, seeds, FLAGS.workdir, options, _STARTED, grid)
 
 

@@ -35,10 +35,11 @@ from mlp_jax.config import TrainConfig
 from mlp_jax.data import Dataset
 from mlp_jax.errors import Interrupted, UsageError
 from mlp_jax.mesh import SeedMesh
+from mlp_jax.program_cache import Program, ProgramCache, trace
 from mlp_jax.progress import Progress
 from mlp_jax.sink import LOG_COLUMNS, RecordSink, accuracies, log_epoch, new_log
 from mlp_jax.train import (Hyperparameters, RunState, hyperparameters, make_trainer,
-                           map_over_seeds, seed_keys)
+                           map_over_seeds, program_config, seed_keys)
 from mlp_jax.workdir import StopRequests, WorkdirError, describe_os_error
 
 # Share of a device's memory a chunk may plan to use (XLA needs some for itself).
@@ -113,6 +114,9 @@ class DriverTiming:
   checkpoint_seconds: float = 0.0
   summary_seconds: float = 0.0
   total_seconds: Optional[float] = None
+  # Programs loaded from / traced into the program cache (None: no cache).
+  programs_from_cache: Optional[int] = None
+  programs_traced: Optional[int] = None
 
   @property
   def host_seconds(self) -> float:
@@ -178,31 +182,43 @@ def to_device(dataset: Dataset, mesh: SeedMesh) -> DeviceData:
 
 class ChunkPrograms:
   """The compiled programs for chunks of one config: `get(C)` -> (init, train_epoch,
-  evaluate) for C rows (a multiple of vmap width x device count), compiled once per C."""
+  evaluate) for C rows (a multiple of vmap width x device count), compiled once per C.
 
-  def __init__(self, trainer, data: DeviceData, mesh: SeedMesh, vmap_width: int):
+  Each is traced through mlp_jax.program_cache: from `cache` when it holds the
+  program (`description`: the config it was built from), else traced there."""
+
+  def __init__(self, trainer, data: DeviceData, mesh: SeedMesh, vmap_width: int,
+               description: str = '', cache: Optional[ProgramCache] = None):
     self._trainer, self._data, self._mesh, self._width = trainer, data, mesh, vmap_width
+    self._description, self._program_cache = description, cache
     self._cache: Dict[int, Any] = {}
     self.compile_seconds = 0.0
+
+  def _trace(self, name: str, size: int, fn: Callable[..., Any], *args: Any) -> Program:
+    return trace(f'{name} of {size} rows at vmap width {self._width}: {self._description}',
+                 fn, args, self._program_cache)
 
   def _compile(self, size: int):
     t, d, m, w = self._trainer, self._data, self._mesh, self._width
     options = environment.compiler_options()
+    spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding)
     # Initial states are made on this process's default device for the whole chunk
     # (cheap), then each process places the rows of its own devices.
-    init = jax.jit(map_over_seeds(t.init, 3, w), compiler_options=options)
     keys = jax.ShapeDtypeStruct((size, 2), np.uint32)
-    states = jax.eval_shape(init, keys, keys, keys)
+    init = self._trace('init', size, map_over_seeds(t.init, 3, w), keys, keys, keys)
     states = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=m.by_seed),
-                          states)
+                          init.out_shapes)
     hparams = {name: jax.ShapeDtypeStruct((size,), value.dtype, sharding=m.by_seed)
                for name, value in hyperparameters(TrainConfig()).items()}
-    epoch = jax.jit(m.shard(map_over_seeds(t.train_epoch, 2, w), 2, 2),
-                    donate_argnums=0, compiler_options=options).lower(
-                        states, hparams, d.train_images, d.train_labels).compile()
-    evaluate = jax.jit(m.shard(map_over_seeds(t.evaluate, 1, w), 1, 2),
-                       compiler_options=options).lower(
-                           states, d.test_images, d.test_labels).compile()
+    epoch = self._trace('train_epoch', size, m.shard(map_over_seeds(t.train_epoch, 2, w), 2, 2),
+                        states, hparams, spec(d.train_images), spec(d.train_labels))
+    evaluate = self._trace('evaluate', size, m.shard(map_over_seeds(t.evaluate, 1, w), 1, 2),
+                           states, spec(d.test_images), spec(d.test_labels))
+    init = jax.jit(init, compiler_options=options)
+    epoch = jax.jit(epoch, donate_argnums=0, compiler_options=options).lower(
+        states, hparams, d.train_images, d.train_labels).compile()
+    evaluate = jax.jit(evaluate, compiler_options=options).lower(
+        states, d.test_images, d.test_labels).compile()
     return init, epoch, evaluate
 
   def get(self, size: int):
@@ -315,15 +331,18 @@ class Context:
   examples: Tuple[int, int]  # (train examples per epoch, test examples)
 
   @classmethod
-  def create(cls, config: TrainConfig, dataset: Dataset, like: Optional['Context'] = None
-             ) -> 'Context':
+  def create(cls, config: TrainConfig, dataset: Dataset, like: Optional['Context'] = None,
+             program_cache: Optional[ProgramCache] = None) -> 'Context':
     """The programs of `config` (whose traced settings and seeds do not matter),
-    on the devices and data of `like` if given (else the data is put on them)."""
+    on the devices and data of `like` if given (else the data is put on them),
+    traced through `program_cache` if given."""
     mesh = SeedMesh() if like is None else like.mesh
     data = to_device(dataset, mesh) if like is None else like.data
     trainer = make_trainer(config, train_size=data.train_images.shape[0],
                            num_classes=dataset.num_classes)
-    return cls(mesh, data, ChunkPrograms(trainer, data, mesh, config.vmap_width),
+    return cls(mesh, data, ChunkPrograms(trainer, data, mesh, config.vmap_width,
+                                         f'{program_config(config)!r}, {dataset.num_classes} '
+                                         f'classes', program_cache),
                (trainer.examples_per_epoch, data.test_labels.shape[0]))
 
   def run_epoch(self, size: int, states: RunState, hparams: Hyperparameters

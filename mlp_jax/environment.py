@@ -45,6 +45,12 @@ def enable_compilation_cache(cache_dir: Optional[str] = None) -> Optional[str]:
   return cache_dir
 
 
+def program_cache_dir(compilation_cache_dir: Optional[str]) -> Optional[str]:
+  """Where the entry points keep traced programs (mlp_jax.program_cache): in
+  `programs/` of the compilation cache, and nowhere when that is off."""
+  return os.path.join(compilation_cache_dir, 'programs') if compilation_cache_dir else None
+
+
 # XLA:CPU vectorises with 256-bit registers unless told otherwise, even on CPUs with
 # 512-bit units; 512 makes the seed config's epoch about 7% faster (README, Performance).
 # Without CSE: a program over several devices goes through the SPMD partitioner, whose

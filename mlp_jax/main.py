@@ -33,10 +33,10 @@ FLAGS = flags.FLAGS
 def main(argv):
   reject_extra_arguments(argv)
   config = config_from_flags(FLAGS.seed)
-  options = run_options_from_flags()
+  cache_dir = environment.enable_compilation_cache(FLAGS.compilation_cache_dir)
+  options = run_options_from_flags(program_cache_dir=environment.program_cache_dir(cache_dir))
   environment.apply_determinism(FLAGS.deterministic)  # before the backend starts
   environment.initialize_distributed()
-  environment.enable_compilation_cache(FLAGS.compilation_cache_dir)
   train_and_evaluate(config, FLAGS.workdir, options, started=_STARTED)
 
 

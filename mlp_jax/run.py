@@ -30,6 +30,7 @@ from mlp_jax.driver import (Context, DriverOptions, DriverTiming, EpochReport, M
                             sync_processes, train_members, writing_in)
 from mlp_jax.errors import UsageError
 from mlp_jax.grid import Grid, GridPoint, program_groups
+from mlp_jax.program_cache import ProgramCache
 from mlp_jax.train import program_config
 from mlp_jax.progress import Progress
 from mlp_jax.sink import render_curves
@@ -60,6 +61,10 @@ class RunOptions:
     seed_curves: draw each seed's curves.png in a sweep (a single run always does).
     stop_on_divergence: stop once a seed's loss is not finite (exit 2, records
       kept); else each diverged seed is named once and the run goes on.
+    program_cache_dir: where traced programs are kept between processes
+      (mlp_jax.program_cache); None: each process traces its own. The entry
+      points keep them beside the compilation cache
+      (environment.program_cache_dir).
   """
   checkpoint_every: Optional[int] = None
   keep_checkpoints: int = 3
@@ -69,6 +74,7 @@ class RunOptions:
   tensorboard: bool = True
   seed_curves: bool = False
   stop_on_divergence: bool = False
+  program_cache_dir: Optional[str] = None
 
   def validate(self) -> 'RunOptions':
     if self.checkpoint_every is not None and self.checkpoint_every < 0:
@@ -331,11 +337,12 @@ def train(config: TrainConfig, seeds: Sequence[int], layout: Layout, options: Ru
     complete = set() if options.overwrite else {
         m.run_dir for m in members if records.is_complete(m.run_dir)}
     due = [any(m.run_dir not in complete for m in group) for group in groups]
-    contexts = create_contexts(groups, due, width, dataset)
+    programs = ProgramCache(options.program_cache_dir) if options.program_cache_dir else None
+    contexts = create_contexts(groups, due, width, dataset, programs)
     if to_fit and any(due):
       fitted = min(fitted_width(ctx, width) for ctx in contexts if ctx is not None)
       if fitted < width:
-        width, contexts = fitted, create_contexts(groups, due, fitted, dataset)
+        width, contexts = fitted, create_contexts(groups, due, fitted, dataset, programs)
     # Point by point (the order of the records); grouped by program to train.
     members = [dataclasses.replace(m, config=m.config.replace(vmap_width=width))
                for m in members]
@@ -374,6 +381,8 @@ def train(config: TrainConfig, seeds: Sequence[int], layout: Layout, options: Ru
                       timing, started, layout.saved_checkpoint_dirs())
     finally:
       progress.close()
+    if programs is not None:
+      timing.programs_from_cache, timing.programs_traced = programs.hits, programs.misses
     sync_processes('mlp_jax: all seeds trained')
     if jax.process_index() != 0:
       return None
@@ -381,15 +390,18 @@ def train(config: TrainConfig, seeds: Sequence[int], layout: Layout, options: Ru
 
 
 def create_contexts(groups: Sequence[Sequence[Member]], due: Sequence[bool], width: int,
-                    dataset: Dataset) -> List[Optional[Context]]:
-  """A Context (compiled programs at vmap width `width`) for each group that is
-  due to train (None for the others); the data goes on the devices once."""
+                    dataset: Dataset, programs: Optional[ProgramCache] = None
+                    ) -> List[Optional[Context]]:
+  """A Context (compiled programs at vmap width `width`, traced through
+  `programs` if given) for each group that is due to train (None for the
+  others); the data goes on the devices once."""
   contexts: List[Optional[Context]] = []
   shared = None
   for group, needed in zip(groups, due):
     ctx = None
     if needed:
-      ctx = Context.create(group[0].config.replace(vmap_width=width), dataset, like=shared)
+      ctx = Context.create(group[0].config.replace(vmap_width=width), dataset, like=shared,
+                           program_cache=programs)
       shared = shared or ctx
     contexts.append(ctx)
   return contexts
