@@ -39,7 +39,7 @@ from mlp_jax.program_cache import Program, ProgramCache, trace
 from mlp_jax.progress import Progress
 from mlp_jax.sink import LOG_COLUMNS, RecordSink, accuracies, log_epoch, new_log
 from mlp_jax.train import (Hyperparameters, RunState, hyperparameters, make_trainer,
-                           map_over_seeds, program_config, seed_keys)
+                           key_seeds, keys_from_seeds, map_over_seeds, program_config)
 from mlp_jax.workdir import StopRequests, WorkdirError, describe_os_error
 
 # Share of a device's memory a chunk may plan to use (XLA needs some for itself).
@@ -203,9 +203,12 @@ class ChunkPrograms:
     options = environment.compiler_options()
     spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding)
     # Initial states are made on this process's default device for the whole chunk
-    # (cheap), then each process places the rows of its own devices.
-    keys = jax.ShapeDtypeStruct((size, 2), np.uint32)
-    init = self._trace('init', size, map_over_seeds(t.init, 3, w), keys, keys, keys)
+    # (cheap), then each process places the rows of its own devices. The keys are
+    # derived inside: outside, each seed's would be five dispatches of small programs.
+    seeds = jax.ShapeDtypeStruct((size,), np.uint32)
+    init = self._trace('init', size,
+                       map_over_seeds(lambda i, d: t.init(*keys_from_seeds(i, d)), 2, w),
+                       seeds, seeds)
     states = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=m.by_seed),
                           init.out_shapes)
     hparams = {name: jax.ShapeDtypeStruct((size,), value.dtype, sharding=m.by_seed)
@@ -244,8 +247,8 @@ class ChunkPrograms:
     """The chunk's initial states, one row per config, split over the mesh: a
     RunState whose leaves have a leading seed axis."""
     init, _, _ = self.get(len(configs))
-    keys = [np.stack(k) for k in zip(*(seed_keys(c) for c in configs))]
-    return self._mesh.put_seeds(jax.device_get(init(*keys)))
+    seeds = np.array([key_seeds(c) for c in configs], np.uint32).T
+    return self._mesh.put_seeds(jax.device_get(init(*seeds)))
 
   def hyperparameters(self, configs: Sequence[TrainConfig]) -> Hyperparameters:
     """The chunk's traced settings (train.hyperparameters), one row per config, split

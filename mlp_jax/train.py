@@ -99,8 +99,18 @@ def seed_keys(config: TrainConfig) -> Tuple[jnp.ndarray, jnp.ndarray, jnp.ndarra
   augmentation shifts. Fixing `init_seed` or `data_seed` across a sweep holds
   that source of randomness fixed while the other varies with the seed.
   """
-  init_seed = config.seed if config.init_seed is None else config.init_seed
-  data_seed = config.seed if config.data_seed is None else config.data_seed
+  return keys_from_seeds(*key_seeds(config))
+
+
+def key_seeds(config: TrainConfig) -> Tuple[int, int]:
+  """(init seed, data seed) of the run: `init_seed` and `data_seed`, else `seed`."""
+  return (config.seed if config.init_seed is None else config.init_seed,
+          config.seed if config.data_seed is None else config.data_seed)
+
+
+def keys_from_seeds(init_seed: Any, data_seed: Any) -> Tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+  """seed_keys from the two seeds: Python ints, or uint32[] inside a traced
+  program (the same bits for every seed in [0, 2**32): integer arithmetic)."""
   return (jax.random.fold_in(jax.random.PRNGKey(init_seed), _INIT_STREAM),
           jax.random.fold_in(jax.random.PRNGKey(data_seed), _ORDER_STREAM),
           jax.random.fold_in(jax.random.PRNGKey(data_seed), _NOISE_STREAM))

@@ -11,6 +11,7 @@ from mlp_jax import checkpoints, driver, records, sink
 from mlp_jax.config import TrainConfig
 from mlp_jax.errors import UsageError
 from mlp_jax.run import Layout, RunOptions, epoch_line, sweep_line, train
+from mlp_jax.train import make_trainer, map_over_seeds, seed_keys
 
 CONFIG = TrainConfig(epochs=3, batch_size=128)
 
@@ -149,6 +150,20 @@ def test_a_chunk_too_large_for_the_device_is_one_line_naming_chunk_size():
   driver.check_chunk_fits(10**6, 1e6, 1e8, None)  # a CPU: no device limit
   with pytest.raises(UsageError, match=r'--chunk_size: 701 seeds per device .* at most 700'):
     driver.check_chunk_fits(701, 1e6, 1e8, 10**9)
+
+
+def test_initial_states_derive_each_seeds_keys_as_seed_keys_does(subset):
+  """The chunk's init program derives the keys from the seeds inside; the states
+  are those of trainer.init(*seed_keys(config)), bit for bit, up to 2**32 - 1."""
+  configs = [CONFIG.replace(seed=s) for s in (0, 7, 2**31, 2**32 - 1)]
+  configs += [CONFIG.replace(seed=3, init_seed=9), CONFIG.replace(seed=3, data_seed=2**32 - 2)]
+  ctx = driver.Context.create(CONFIG, subset)
+  states = jax.device_get(ctx.programs.initial_states(configs))
+  trainer = make_trainer(CONFIG, train_size=len(subset.train_labels))
+  expected = jax.jit(map_over_seeds(trainer.init, 3))(
+      *[np.stack(keys) for keys in zip(*(seed_keys(c) for c in configs))])
+  for got, want in zip(jax.tree.leaves(states), jax.tree.leaves(jax.device_get(expected))):
+    assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
 
 
 def test_the_memory_a_seed_needs_is_measured_from_the_compiled_program(subset):
