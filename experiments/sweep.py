@@ -25,10 +25,11 @@ _STARTED = time.perf_counter()
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags
 
-from mlp_jax import cli, environment
+from mlp_jax import cli
+from mlp_jax.data import load_data
 from mlp_jax.flags import (config_from_flags, define_run_flags, define_training_flags,
-                           grid_from_flags, reject_extra_arguments, run_options_from_flags)
-from mlp_jax.run import parse_seeds, train_sweep
+                           grid_from_flags, parse_seeds, reject_extra_arguments,
+                           run_options_from_flags)
 
 define_training_flags()
 define_run_flags()
@@ -47,12 +48,15 @@ def main(argv):
   config = config_from_flags(seeds[0], grid=True)
   grid = grid_from_flags()
   grid.points(config)  # every point's settings checked before anything is written
-  cache_dir = environment.enable_compilation_cache(FLAGS.compilation_cache_dir)
-  options = run_options_from_flags(seed_curves=FLAGS.seed_curves,
-                                   program_cache_dir=environment.program_cache_dir(cache_dir))
+  options = run_options_from_flags(seed_curves=FLAGS.seed_curves)
+  dataset = cli.in_background(load_data, config)  # while JAX is imported (mlp_jax.main)
+  from mlp_jax import environment
+  from mlp_jax.run import train_sweep
   environment.apply_determinism(FLAGS.deterministic)  # before the backend starts
   environment.initialize_distributed()
-  train_sweep(config, seeds, FLAGS.workdir, options, _STARTED, grid)
+  cache_dir = environment.enable_compilation_cache(FLAGS.compilation_cache_dir)
+  options = options.replace(program_cache_dir=environment.program_cache_dir(cache_dir))
+  train_sweep(config, seeds, FLAGS.workdir, options, _STARTED, grid, dataset())
 
 
 if __name__ == '__main__':

@@ -144,3 +144,59 @@ def parse_hidden_sizes(text: str) -> Tuple[int, ...]:
     raise UsageError(f'--hidden_sizes must be a comma-separated list of positive '
                      f'integers, got {text!r}')
   return sizes
+
+
+# Seeds per chunk on a CPU when --chunk_size is auto (about 1.4 MB of state each for
+# the seed config): large enough that chunking costs nothing measurable.
+CPU_CHUNK_SIZE = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+  """How seeds are run; none of it changes a number (the vmap width is resolved
+  into each seed's TrainConfig, which does).
+
+  Attributes:
+    checkpoint_every: N: save every N epochs (and after the last); 0: none, so an
+      interrupted run starts over; None (auto): as often as costs at most ~2% of
+      the run (mlp_jax.checkpoints).
+    keep_checkpoints: how many of the newest checkpoints each chunk keeps.
+    overwrite: start over in a workdir that holds a run with other settings.
+    chunk_size: seeds held on the devices and trained by one program at a time;
+      None (auto): on a GPU/TPU the widest vmap group that fits, on a CPU 256.
+    vmap_width: seeds vectorised together (see TrainConfig.vmap_width); None
+      (auto): on a GPU/TPU every seed of a chunk at once (up to what fits in
+      memory), on a CPU 1.
+    tensorboard: write TensorBoard events (per seed; a sweep's mean too).
+    seed_curves: draw each seed's curves.png in a sweep (a single run always does).
+    stop_on_divergence: stop once a seed's loss is not finite (exit 2, records
+      kept); else each diverged seed is named once and the run goes on.
+    program_cache_dir: where traced programs are kept between processes
+      (mlp_jax.program_cache); None: each process traces its own. The entry
+      points keep them beside the compilation cache
+      (environment.program_cache_dir).
+  """
+  checkpoint_every: Optional[int] = None
+  keep_checkpoints: int = 3
+  overwrite: bool = False
+  chunk_size: Optional[int] = None
+  vmap_width: Optional[int] = None
+  tensorboard: bool = True
+  seed_curves: bool = False
+  stop_on_divergence: bool = False
+  program_cache_dir: Optional[str] = None
+
+  def replace(self, **changes: Any) -> 'RunOptions':
+    return dataclasses.replace(self, **changes)
+
+  def validate(self) -> 'RunOptions':
+    if self.checkpoint_every is not None and self.checkpoint_every < 0:
+      raise UsageError(f'--checkpoint_every must be auto, 0 (off) or more, got '
+                       f'{self.checkpoint_every}')
+    if self.keep_checkpoints < 1:
+      raise UsageError(f'--keep_checkpoints must be at least 1, got {self.keep_checkpoints}')
+    if self.chunk_size is not None and self.chunk_size < 1:
+      raise UsageError(f'--chunk_size must be auto or at least 1, got {self.chunk_size}')
+    if self.vmap_width is not None and self.vmap_width < 1:
+      raise UsageError(f'--vmap_width must be auto or at least 1, got {self.vmap_width}')
+    return self

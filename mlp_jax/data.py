@@ -18,6 +18,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+from mlp_jax.config import BUNDLED_DATASET, TrainConfig
 from mlp_jax.errors import DataError
 
 BUNDLED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'mnist_idx')
@@ -153,3 +154,16 @@ def load_mnist(data_dir: Optional[str] = None) -> Dataset:
       sha256=digests,
       source=os.path.abspath(directory),
   )
+
+
+def load_data(config: TrainConfig) -> Dataset:
+  """Validates `config`, loads its data (the bundled MNIST or a TFDS dataset) and
+  checks the config against it."""
+  config.validate()
+  if config.dataset == BUNDLED_DATASET:
+    dataset = load_mnist(config.data_dir)
+  else:
+    from mlp_jax.tfds_data import load_tfds  # pylint: disable=g-import-not-at-top
+    dataset = load_tfds(config.dataset, config.tfds_data_dir)
+  config.validate(train_size=len(dataset.train_labels))
+  return dataset

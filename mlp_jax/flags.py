@@ -9,14 +9,15 @@ line naming the flag, as is a list for any other flag.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+import collections
+from typing import Any, Dict, List, Optional, Tuple
 
 from absl import flags
 
-from mlp_jax.config import LR_SCHEDULES, MATMUL_PRECISIONS, MODELS, TrainConfig
+from mlp_jax.config import (CPU_CHUNK_SIZE, LR_SCHEDULES, MATMUL_PRECISIONS, MODELS, RunOptions,
+                            TrainConfig)
 from mlp_jax.errors import UsageError
 from mlp_jax.grid import SWEEPABLE, Grid, parse_values, sweepable_text
-from mlp_jax.run import CPU_CHUNK_SIZE, RunOptions
 
 _DEFAULTS = TrainConfig()
 _RUN_DEFAULTS = RunOptions()
@@ -187,3 +188,28 @@ def run_options_from_flags(flag_values: flags.FlagValues = flags.FLAGS,
 def reject_extra_arguments(argv) -> None:
   if len(argv) > 1:
     raise UsageError(f'unexpected arguments: {" ".join(argv[1:])} (flags look like --name=value)')
+
+
+def parse_seeds(text: str) -> List[int]:
+  """'0-3,10,12-13' -> [0, 1, 2, 3, 10, 12, 13]; UsageError on anything else.
+
+  Ranges are inclusive; seeds must be non-negative, below 2**32, and listed once.
+  """
+  seeds: List[int] = []
+  for part in text.split(','):
+    part = part.strip()
+    low, sep, high = part.partition('-')
+    try:
+      first, last = int(low), int(high if sep else low)
+    except ValueError:
+      raise UsageError(f'--seeds: {part!r} is not a seed or a range like 0-7 '
+                       f'(in {text!r})') from None
+    if first < 0 or last >= 2**32:
+      raise UsageError(f'--seeds: {part!r} is outside [0, 2**32)')
+    if last < first:
+      raise UsageError(f'--seeds: range {part!r} runs backwards')
+    seeds.extend(range(first, last + 1))
+  repeated = sorted(s for s, n in collections.Counter(seeds).items() if n > 1)
+  if repeated:
+    raise UsageError(f'--seeds lists seed(s) more than once: {repeated[:10]}')
+  return seeds

@@ -15,12 +15,10 @@ gc.disable()  # while importing: see cli.settle_garbage_collector
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags
 
-from mlp_jax import cli, environment
+from mlp_jax import cli
+from mlp_jax.data import load_data
 from mlp_jax.flags import (config_from_flags, define_run_flags, define_training_flags,
                            reject_extra_arguments, run_options_from_flags)
-from mlp_jax.run import train_and_evaluate
-
-cli.settle_garbage_collector()
 
 define_training_flags()
 define_run_flags()
@@ -33,11 +31,18 @@ FLAGS = flags.FLAGS
 def main(argv):
   reject_extra_arguments(argv)
   config = config_from_flags(FLAGS.seed)
-  cache_dir = environment.enable_compilation_cache(FLAGS.compilation_cache_dir)
-  options = run_options_from_flags(program_cache_dir=environment.program_cache_dir(cache_dir))
+  options = run_options_from_flags()
+  dataset = cli.in_background(load_data, config)  # while JAX is imported
+  # Imported after the flags are parsed, so that the data loads meanwhile; the
+  # environment first: it fixes XLA:CPU's thread pool before JAX's backend starts.
+  from mlp_jax import environment
+  from mlp_jax.run import train_and_evaluate
+  cli.settle_garbage_collector()
   environment.apply_determinism(FLAGS.deterministic)  # before the backend starts
   environment.initialize_distributed()
-  train_and_evaluate(config, FLAGS.workdir, options, started=_STARTED)
+  cache_dir = environment.enable_compilation_cache(FLAGS.compilation_cache_dir)
+  options = options.replace(program_cache_dir=environment.program_cache_dir(cache_dir))
+  train_and_evaluate(config, FLAGS.workdir, options, started=_STARTED, dataset=dataset())
 
 
 if __name__ == '__main__':

@@ -10,7 +10,6 @@ curves, timing).
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import datetime
 import os
@@ -23,83 +22,17 @@ import numpy as np
 
 from mlp_jax import environment, models, records
 from mlp_jax.checkpoints import RowKey
-from mlp_jax.config import BUNDLED_DATASET, TrainConfig
-from mlp_jax.data import Dataset, load_mnist
+from mlp_jax.config import CPU_CHUNK_SIZE, RunOptions, TrainConfig
+from mlp_jax.data import Dataset, load_data
 from mlp_jax.driver import (Context, DriverOptions, DriverTiming, EpochReport, Member, Reporter,
                             check_chunk_fits, device_memory_bytes, seeds_that_fit,
                             sync_processes, train_members, writing_in)
-from mlp_jax.errors import UsageError
 from mlp_jax.grid import Grid, GridPoint, program_groups
 from mlp_jax.program_cache import ProgramCache
 from mlp_jax.train import program_config
 from mlp_jax.progress import Progress
 from mlp_jax.sink import render_curves
 from mlp_jax.workdir import WorkdirError, lock, refuse_other_settings, remove_entries
-
-# Seeds per chunk on a CPU when --chunk_size is auto (about 1.4 MB of state each for
-# the seed config): large enough that chunking costs nothing measurable.
-CPU_CHUNK_SIZE = 256
-
-
-@dataclasses.dataclass(frozen=True)
-class RunOptions:
-  """How seeds are run; none of it changes a number (the vmap width is resolved
-  into each seed's TrainConfig, which does).
-
-  Attributes:
-    checkpoint_every: N: save every N epochs (and after the last); 0: none, so an
-      interrupted run starts over; None (auto): as often as costs at most ~2% of
-      the run (mlp_jax.checkpoints).
-    keep_checkpoints: how many of the newest checkpoints each chunk keeps.
-    overwrite: start over in a workdir that holds a run with other settings.
-    chunk_size: seeds held on the devices and trained by one program at a time;
-      None (auto): on a GPU/TPU the widest vmap group that fits, on a CPU 256.
-    vmap_width: seeds vectorised together (see TrainConfig.vmap_width); None
-      (auto): on a GPU/TPU every seed of a chunk at once (up to what fits in
-      memory), on a CPU 1.
-    tensorboard: write TensorBoard events (per seed; a sweep's mean too).
-    seed_curves: draw each seed's curves.png in a sweep (a single run always does).
-    stop_on_divergence: stop once a seed's loss is not finite (exit 2, records
-      kept); else each diverged seed is named once and the run goes on.
-    program_cache_dir: where traced programs are kept between processes
-      (mlp_jax.program_cache); None: each process traces its own. The entry
-      points keep them beside the compilation cache
-      (environment.program_cache_dir).
-  """
-  checkpoint_every: Optional[int] = None
-  keep_checkpoints: int = 3
-  overwrite: bool = False
-  chunk_size: Optional[int] = None
-  vmap_width: Optional[int] = None
-  tensorboard: bool = True
-  seed_curves: bool = False
-  stop_on_divergence: bool = False
-  program_cache_dir: Optional[str] = None
-
-  def validate(self) -> 'RunOptions':
-    if self.checkpoint_every is not None and self.checkpoint_every < 0:
-      raise UsageError(f'--checkpoint_every must be auto, 0 (off) or more, got '
-                       f'{self.checkpoint_every}')
-    if self.keep_checkpoints < 1:
-      raise UsageError(f'--keep_checkpoints must be at least 1, got {self.keep_checkpoints}')
-    if self.chunk_size is not None and self.chunk_size < 1:
-      raise UsageError(f'--chunk_size must be auto or at least 1, got {self.chunk_size}')
-    if self.vmap_width is not None and self.vmap_width < 1:
-      raise UsageError(f'--vmap_width must be auto or at least 1, got {self.vmap_width}')
-    return self
-
-
-def load_data(config: TrainConfig) -> Dataset:
-  """Validates `config`, loads its data and checks the config against it."""
-  config.validate()
-  if config.dataset == BUNDLED_DATASET:
-    dataset = load_mnist(config.data_dir)
-  else:
-    from mlp_jax.tfds_data import load_tfds  # pylint: disable=g-import-not-at-top
-    dataset = load_tfds(config.dataset, config.tfds_data_dir)
-  config.validate(train_size=len(dataset.train_labels))
-  return dataset
-
 
 def default_workdir(name: str) -> str:
   """A new folder runs/<date>-<time>-<name>."""
@@ -109,31 +42,6 @@ def default_workdir(name: str) -> str:
     suffix += 1
     path = os.path.join('runs', f'{stamp}-{name}-{suffix}')
   return path
-
-
-def parse_seeds(text: str) -> List[int]:
-  """'0-3,10,12-13' -> [0, 1, 2, 3, 10, 12, 13]; UsageError on anything else.
-
-  Ranges are inclusive; seeds must be non-negative, below 2**32, and listed once.
-  """
-  seeds: List[int] = []
-  for part in text.split(','):
-    part = part.strip()
-    low, sep, high = part.partition('-')
-    try:
-      first, last = int(low), int(high if sep else low)
-    except ValueError:
-      raise UsageError(f'--seeds: {part!r} is not a seed or a range like 0-7 '
-                       f'(in {text!r})') from None
-    if first < 0 or last >= 2**32:
-      raise UsageError(f'--seeds: {part!r} is outside [0, 2**32)')
-    if last < first:
-      raise UsageError(f'--seeds: range {part!r} runs backwards')
-    seeds.extend(range(first, last + 1))
-  repeated = sorted(s for s, n in collections.Counter(seeds).items() if n > 1)
-  if repeated:
-    raise UsageError(f'--seeds lists seed(s) more than once: {repeated[:10]}')
-  return seeds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -514,7 +422,8 @@ def sweep_line(report: EpochReport) -> str:
 
 def train_and_evaluate(config: TrainConfig, workdir: Optional[str] = None,
                        options: RunOptions = RunOptions(),
-                       started: Optional[float] = None) -> Dict[str, Any]:
+                       started: Optional[float] = None,
+                       dataset: Optional[Dataset] = None) -> Dict[str, Any]:
   """Trains one seed as `config` says, writing every record into `workdir`.
 
   Re-running on the same workdir resumes from its last checkpoint, or says the
@@ -526,6 +435,7 @@ def train_and_evaluate(config: TrainConfig, workdir: Optional[str] = None,
     workdir: where to write; default a new folder under runs/.
     options: checkpointing, overwrite and output behaviour.
     started: time.perf_counter() at process start, for timing.json.
+    dataset: the config's data, if already loaded (data.load_data).
 
   Returns:
     The final epoch's metrics and the workdir.
@@ -533,7 +443,7 @@ def train_and_evaluate(config: TrainConfig, workdir: Optional[str] = None,
   started = time.perf_counter() if started is None else started
   workdir = workdir or default_workdir(f'seed{config.seed}')
   outcome = train(config, [config.seed], Layout(workdir, sweep=False), options, epoch_line,
-                  started)
+                  started, dataset)
   final = records.final_row(workdir)
   if outcome is not None and outcome.trained:
     timing = outcome.timing
@@ -551,14 +461,15 @@ def train_and_evaluate(config: TrainConfig, workdir: Optional[str] = None,
 
 def train_sweep(config: TrainConfig, seeds: Sequence[int], workdir: Optional[str] = None,
                 options: RunOptions = RunOptions(), started: Optional[float] = None,
-                grid: Grid = Grid()) -> Optional[List[Dict[str, str]]]:
+                grid: Grid = Grid(), dataset: Optional[Dataset] = None
+                ) -> Optional[List[Dict[str, str]]]:
   """Trains (or resumes) every seed of a sweep (of every point of `grid`) into
   `workdir` and writes its summaries; returns points.csv's rows, best first (None
-  on processes but 0)."""
+  on processes but 0). `dataset`: the config's data, if already loaded."""
   started = time.perf_counter() if started is None else started
   workdir = workdir or default_workdir(f'sweep{seeds[0]}')
   outcome = train(config, seeds, Layout(workdir, sweep=True), options, sweep_line, started,
-                  grid=grid)
+                  dataset, grid)
   if outcome is None:
     return None
   if not outcome.trained:

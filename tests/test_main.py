@@ -198,3 +198,39 @@ def test_entry_points_record_the_determinism_flags(two_epoch_runs):
   workdir, _ = two_epoch_runs[0]
   flags = records.read_json_object(os.path.join(workdir, 'environment.json'))['xla_flags']
   assert '--xla_gpu_deterministic_ops=true' in flags and '--xla_gpu_autotune_level=0' in flags
+
+
+def test_the_entry_points_load_the_data_while_they_import_jax():
+  """mlp_jax.main and experiments.sweep import no JAX until their flags are parsed
+  (cli.in_background then loads the data meanwhile)."""
+  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  from conftest import REPO  # pylint: disable=g-import-not-at-top
+  for module in ('mlp_jax.main', 'experiments.sweep'):
+    imported = subprocess.run(
+        [sys.executable, '-c', f'import sys, {module}; print("jax" in sys.modules)'],
+        cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    assert imported == 'False', module
+
+
+def test_in_background_returns_the_result_or_raises_in_the_caller():
+  import threading  # pylint: disable=g-import-not-at-top
+  from mlp_jax import cli  # pylint: disable=g-import-not-at-top
+  from mlp_jax.errors import DataError  # pylint: disable=g-import-not-at-top
+  started = threading.Event()
+  release = threading.Event()
+
+  def slow(x):
+    started.set()
+    release.wait(10)
+    return x * 2
+
+  result = cli.in_background(slow, 21)
+  assert started.wait(10)         # running before anyone asks for it
+  release.set()
+  assert result() == 42
+
+  def fails():
+    raise DataError('data/x: content checksum mismatch')
+
+  with pytest.raises(DataError, match='checksum mismatch'):
+    cli.in_background(fails)()

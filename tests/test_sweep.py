@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import read, without_timing
-from experiments.sweep import parse_seeds
+from mlp_jax.flags import parse_seeds
 from mlp_jax import stats
 from mlp_jax.config import TrainConfig
 from mlp_jax.errors import UsageError
