@@ -22,8 +22,9 @@ One run measures, on whatever backend JAX finds:
             thread setting of --torch_threads once a round): wall times, their
             medians and ratio (against the fastest PyTorch setting), and where
             mlp_jax's time went: interpreter start + imports (a separate
-            `import mlp_jax.main`), the rest of start-up (data, tracing, compile
-            or cache hit, initial state), compile, training, evaluation,
+            `import mlp_jax.main, mlp_jax.environment, mlp_jax.run`), the rest
+            of start-up (what the data load left, the programs, initial state),
+            compile, training, evaluation,
             checkpoints, records, curves and summaries, the rest, and exit
             (wall time less timing.json's total). Without --torch_python it says
             so and measures mlp_jax alone. PyTorch is not a dependency of the
@@ -281,9 +282,11 @@ def run_timed_main(scratch: str, name: str, cache_dir: str, epochs: int) -> Dict
 
 
 def measure_imports(repeats: int) -> Optional[float]:
-  """Median seconds of `import mlp_jax.main` in a fresh interpreter (what a run
-  imports before it parses its flags), or None if it failed."""
+  """Median seconds of importing what a run imports in a fresh interpreter
+  (mlp_jax.main, then, once its flags are parsed, mlp_jax.environment and
+  mlp_jax.run while the data loads), or None if it failed."""
   code = ('import os, time\nstarted = time.perf_counter()\nimport mlp_jax.main\n'
+          'import mlp_jax.environment, mlp_jax.run\n'
           'print(time.perf_counter() - started, flush=True)\nos._exit(0)')
   seconds = []
   for _ in range(repeats):
@@ -320,8 +323,8 @@ def run_torch(torch_python: str, threads: str, epochs: int, cache_dir: str,
 # Parts of an mlp_jax.main run's wall time, from its timing.json (plus the imports,
 # measured apart): (key, label).
 E2E_PARTS = (
-    ('imports', 'imports (import mlp_jax.main, measured apart)'),
-    ('startup_rest', 'rest of start-up: data, programs, init'),
+    ('imports', 'imports (mlp_jax.main, environment, run; measured apart)'),
+    ('startup_rest', 'rest of start-up: what the data load left, programs, init'),
     ('compile', '  of which tracing and compiling, or loading both from the caches'),
     ('train', 'training'),
     ('eval', 'evaluation'),
