@@ -26,7 +26,6 @@ _STARTED = time.perf_counter()
 from absl import flags
 
 from mlp_jax import cli
-from mlp_jax.data import load_data
 from mlp_jax.flags import (config_from_flags, define_run_flags, define_training_flags,
                            grid_from_flags, parse_seeds, reject_extra_arguments,
                            run_options_from_flags)
@@ -49,7 +48,7 @@ def main(argv):
   grid = grid_from_flags()
   grid.points(config)  # every point's settings checked before anything is written
   options = run_options_from_flags(seed_curves=FLAGS.seed_curves)
-  dataset = cli.in_background(load_data, config)  # while JAX is imported (mlp_jax.main)
+  dataset = cli.load_data_meanwhile(config)  # while JAX is imported
   from mlp_jax import environment
   from mlp_jax.run import train_sweep
   environment.apply_determinism(FLAGS.deterministic)  # before the backend starts

@@ -8,12 +8,14 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Optional, Sequence, TypeVar
 
 from absl import app
 from absl import flags
 from absl import logging
 
+from mlp_jax.config import BUNDLED_DATASET, TrainConfig
+from mlp_jax.data import Dataset, load_data
 from mlp_jax.errors import Interrupted, UsageError
 
 USAGE_EXIT_CODE = 2
@@ -51,6 +53,17 @@ def in_background(fn: Callable[..., Result], *args: Any) -> Callable[[], Result]
       raise outcome['error']
     return outcome['result']
   return result
+
+
+def load_data_meanwhile(config: TrainConfig) -> Callable[[], Optional[Dataset]]:
+  """The config's data, loaded in_background while the entry point imports JAX:
+  the returned function gives the Dataset, or None for a TFDS dataset, which
+  run.train then loads itself (tensorflow-datasets' lazy imports replace the
+  interpreter's import function while they run, for every thread: JAX imported
+  meanwhile came out broken)."""
+  if config.dataset != BUNDLED_DATASET:
+    return lambda: None
+  return in_background(load_data, config)
 
 
 def settle_garbage_collector() -> None:

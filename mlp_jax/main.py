@@ -16,7 +16,6 @@ gc.disable()  # while importing: see cli.settle_garbage_collector
 from absl import flags
 
 from mlp_jax import cli
-from mlp_jax.data import load_data
 from mlp_jax.flags import (config_from_flags, define_run_flags, define_training_flags,
                            reject_extra_arguments, run_options_from_flags)
 
@@ -32,7 +31,7 @@ def main(argv):
   reject_extra_arguments(argv)
   config = config_from_flags(FLAGS.seed)
   options = run_options_from_flags()
-  dataset = cli.in_background(load_data, config)  # while JAX is imported
+  dataset = cli.load_data_meanwhile(config)  # while JAX is imported
   # Imported after the flags are parsed, so that the data loads meanwhile; the
   # environment first: it fixes XLA:CPU's thread pool before JAX's backend starts.
   from mlp_jax import environment

@@ -234,3 +234,16 @@ def test_in_background_returns_the_result_or_raises_in_the_caller():
 
   with pytest.raises(DataError, match='checksum mismatch'):
     cli.in_background(fails)()
+
+
+def test_only_the_bundled_mnist_loads_during_the_imports(mnist):
+  """A TFDS dataset is left to run.train: tensorflow-datasets' lazy imports swap the
+  interpreter's import function for every thread, and broke JAX imported meanwhile."""
+  import sys  # pylint: disable=g-import-not-at-top
+  from mlp_jax import cli  # pylint: disable=g-import-not-at-top
+  from mlp_jax.config import TrainConfig  # pylint: disable=g-import-not-at-top
+  loaded = cli.load_data_meanwhile(TrainConfig())()
+  assert loaded.sha256 == mnist.sha256 and loaded.train_images.shape == (60_000, 28, 28)
+  tfds_imported = 'tensorflow_datasets' in sys.modules
+  assert cli.load_data_meanwhile(TrainConfig(dataset='fashion_mnist'))() is None
+  assert ('tensorflow_datasets' in sys.modules) == tfds_imported
