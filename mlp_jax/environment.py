@@ -228,14 +228,17 @@ def initialize_distributed() -> None:
                      'or MLP_JAX_DISTRIBUTED=off)') from e
 
 
+def distribution_version(name: str) -> Optional[str]:
+  """The installed version of distribution `name`, None if it is not installed."""
+  try:
+    return importlib.metadata.version(name)
+  except importlib.metadata.PackageNotFoundError:
+    return None
+
+
 def _versions() -> Dict[str, Optional[str]]:
-  versions: Dict[str, Optional[str]] = {'python': platform.python_version()}
-  for name in _VERSIONED:
-    try:
-      versions[name] = importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-      versions[name] = None
-  return versions
+  return {'python': platform.python_version(),
+          **{name: distribution_version(name) for name in _VERSIONED}}
 
 
 def _git_commit() -> Optional[Dict[str, Any]]:

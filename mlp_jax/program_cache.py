@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.metadata
 import os
 import pickle
 import platform
@@ -34,6 +33,8 @@ from typing import Any, Callable, Optional, Sequence, Tuple
 
 import jax
 from jax import export
+
+from mlp_jax.environment import distribution_version
 
 # Bumped whenever what an entry holds changes.
 FORMAT = 1
@@ -99,13 +100,6 @@ def _source_digest() -> str:
   return digest.hexdigest()
 
 
-def _version(name: str) -> Optional[str]:
-  try:
-    return importlib.metadata.version(name)
-  except importlib.metadata.PackageNotFoundError:
-    return None
-
-
 class ProgramCache:
   """Serialized traced programs in `directory` (created on the first write).
 
@@ -127,7 +121,7 @@ class ProgramCache:
       devices = jax.devices()
       self._base = '\n'.join([
           f'format {FORMAT}', f'python {platform.python_version()}',
-          *(f'{name} {_version(name)}' for name in TRACING_LIBRARIES),
+          *(f'{name} {distribution_version(name)}' for name in TRACING_LIBRARIES),
           f'mlp_jax source {_source_digest()}',
           f'jax config {sorted((k, repr(v)) for k, v in jax.config.values.items())}',
           f'backend {jax.default_backend()} {jax.process_count()} processes',
