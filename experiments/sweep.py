@@ -51,10 +51,8 @@ def main(argv):
   dataset = cli.load_data_meanwhile(config)  # while JAX is imported
   from mlp_jax import environment
   from mlp_jax.run import train_sweep
-  environment.apply_determinism(FLAGS.deterministic)  # before the backend starts
-  environment.initialize_distributed()
-  cache_dir = environment.enable_compilation_cache(FLAGS.compilation_cache_dir)
-  options = options.replace(program_cache_dir=environment.program_cache_dir(cache_dir))
+  options = options.replace(program_cache_dir=environment.prepare_process(
+      FLAGS.deterministic, FLAGS.compilation_cache_dir))
   train_sweep(config, seeds, FLAGS.workdir, options, _STARTED, grid, dataset())
 
 

@@ -51,6 +51,15 @@ def program_cache_dir(compilation_cache_dir: Optional[str]) -> Optional[str]:
   return os.path.join(compilation_cache_dir, 'programs') if compilation_cache_dir else None
 
 
+def prepare_process(deterministic: bool, compilation_cache_dir: Optional[str]) -> Optional[str]:
+  """What an entry point does before its backend starts, in this order:
+  apply_determinism, initialize_distributed, enable_compilation_cache. Returns
+  where traced programs are kept (program_cache_dir; None when the caches are off)."""
+  apply_determinism(deterministic)
+  initialize_distributed()
+  return program_cache_dir(enable_compilation_cache(compilation_cache_dir))
+
+
 # XLA:CPU vectorises with 256-bit registers unless told otherwise, even on CPUs with
 # 512-bit units; 512 makes the seed config's epoch about 7% faster (README, Performance).
 # Without CSE: a program over several devices goes through the SPMD partitioner, whose

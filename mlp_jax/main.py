@@ -37,10 +37,8 @@ def main(argv):
   from mlp_jax import environment
   from mlp_jax.run import train_and_evaluate
   cli.settle_garbage_collector()
-  environment.apply_determinism(FLAGS.deterministic)  # before the backend starts
-  environment.initialize_distributed()
-  cache_dir = environment.enable_compilation_cache(FLAGS.compilation_cache_dir)
-  options = options.replace(program_cache_dir=environment.program_cache_dir(cache_dir))
+  options = options.replace(program_cache_dir=environment.prepare_process(
+      FLAGS.deterministic, FLAGS.compilation_cache_dir))
   train_and_evaluate(config, FLAGS.workdir, options, started=_STARTED, dataset=dataset())
 
 
