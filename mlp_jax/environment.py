@@ -68,7 +68,14 @@ def prepare_process(deterministic: bool, compilation_cache_dir: Optional[str]) -
 # per-seed bias correction was rewritten (m * (1/bc) on one device, m / (bc * ...) on
 # several, 1 ulp apart), so a seed's bits depended on the device count. Without the
 # pass both compile the same graph; width-1 bits are unchanged (README, Reproducibility).
-CPU_COMPILER_OPTIONS = {'xla_cpu_prefer_vector_width': 512, 'xla_disable_hlo_passes': 'cse'}
+# Matmuls on Eigen: by default XLA:CPU hands YNNPACK the matmuls whose left operand is
+# not transposed (the forward passes); with YNNPACK's fusions limited to the
+# reductions, every matmul is an Eigen contraction, which made the seed config's epoch
+# about 20% faster on an AMD EPYC without AVX-512 (README, The laptop run). Eigen
+# splits a contraction by the size of the intra-op pool, which is fixed below, so one
+# core and all cores still compute the same bits.
+CPU_COMPILER_OPTIONS = {'xla_cpu_prefer_vector_width': 512, 'xla_disable_hlo_passes': 'cse',
+                        'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_REDUCE'}
 
 
 def compiler_options(backend: Optional[str] = None) -> Dict[str, Any]:
@@ -108,11 +115,9 @@ def apply_determinism(deterministic: bool = True) -> str:
   return os.environ.get('XLA_FLAGS', '')
 
 
-# XLA:CPU hands YNNPACK only the matmuls whose left operand is not transposed; the
-# others, among them every weight gradient (x^T g: the batch is the contracted
-# dimension of both operands), run as Eigen contractions on the CPU client's intra-op
-# thread pool, and Eigen blocks a contraction by the size of that pool, so their last
-# bits depend on it. The pool has max($PJRT_NPROC, local CPU devices) threads, and
+# The matmuls run as Eigen contractions on the CPU client's intra-op thread pool (all
+# of them with CPU_COMPILER_OPTIONS; without, the weight gradients x^T g still do), and
+# Eigen blocks a contraction by the size of that pool, so their last bits depend on it. The pool has max($PJRT_NPROC, local CPU devices) threads, and
 # without PJRT_NPROC as many as the process may use cores: on an AMD EPYC without
 # AVX-512 a run pinned to one core, one on two cores and one on 4 CPU devices computed
 # three different sets of parameters (README, Performance). A pool of a fixed size

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -13,11 +14,12 @@ from conftest import REPO, read, without_timing
 from mlp_jax import environment
 
 
-ALL = {'xla_cpu_prefer_vector_width': 512, 'xla_disable_hlo_passes': 'cse'}
-WITHOUT_WIDTH = {'xla_disable_hlo_passes': 'cse'}
+DOTS_ON_EIGEN = {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_REDUCE'}
+ALL = {'xla_cpu_prefer_vector_width': 512, 'xla_disable_hlo_passes': 'cse', **DOTS_ON_EIGEN}
+WITHOUT_WIDTH = {'xla_disable_hlo_passes': 'cse', **DOTS_ON_EIGEN}
 
 
-def test_cpu_programs_prefer_512_bit_vectors_and_skip_cse(monkeypatch):
+def test_cpu_programs_prefer_512_bit_vectors_skip_cse_and_keep_dots_off_ynnpack(monkeypatch):
   monkeypatch.delenv('XLA_FLAGS', raising=False)
   assert environment.compiler_options('cpu') == ALL
   assert environment.compiler_options('gpu') == {}
@@ -62,6 +64,29 @@ def test_the_programs_are_compiled_with_the_options(monkeypatch, mnist):
   monkeypatch.setattr(environment, 'CPU_COMPILER_OPTIONS', {'xla_cpu_no_such_option': 1})
   with pytest.raises(Exception, match='xla_cpu_no_such_option'):
     driver.Context.create(TrainConfig(epochs=1), mnist).programs.get(1)
+
+
+def test_the_training_matmuls_run_on_eigen_not_ynnpack(monkeypatch, mnist):
+  """With the options, no YNNPACK fusion of the seed config's epoch or evaluation
+  holds a matmul: they are Eigen contractions, whose bits follow the fixed thread
+  pool, not the cores (README, The laptop run). Without the option some do."""
+  from mlp_jax import driver  # pylint: disable=g-import-not-at-top
+  from mlp_jax.config import TrainConfig  # pylint: disable=g-import-not-at-top
+
+  def matmuls_in_ynnpack(program):
+    text = program.as_text()
+    bodies = dict(re.findall(r'^(%[\w.]+) [^\n]*\{\n(.*?)^\}', text, re.M | re.S))
+    fused = re.findall(r'%ynn_fusion[\w.]* = [^\n]*calls=(%[\w.]+)', text)
+    return sum(' dot(' in bodies[name] for name in fused)
+
+  monkeypatch.delenv('XLA_FLAGS', raising=False)
+  _, epoch, evaluate = driver.Context.create(TrainConfig(epochs=1), mnist).programs.get(1)
+  assert matmuls_in_ynnpack(epoch) == matmuls_in_ynnpack(evaluate) == 0
+  monkeypatch.setattr(environment, 'CPU_COMPILER_OPTIONS',
+                      {k: v for k, v in environment.CPU_COMPILER_OPTIONS.items()
+                       if k not in DOTS_ON_EIGEN})
+  _, epoch, _ = driver.Context.create(TrainConfig(epochs=1), mnist).programs.get(1)
+  assert matmuls_in_ynnpack(epoch) > 0
 
 
 def test_runs_compile_with_the_options_and_record_them(tmp_path, run_module):
