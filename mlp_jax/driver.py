@@ -406,12 +406,14 @@ class DriverOptions:
     tensorboard: write each seed's TensorBoard events.
     stop_on_divergence: stop (raising Diverged) once a seed's loss is not finite;
       else each diverged seed is named once and trains on.
+    prepare_curves: this process draws curves after training (RecordSink).
   """
   chunk_size: int
   checkpoint_every: Optional[int]
   keep_checkpoints: int
   tensorboard: bool
   stop_on_divergence: bool = False
+  prepare_curves: bool = False
 
 
 def train_members(members: Sequence[Member], todo: Sequence[Member], ctx: Context,
@@ -462,7 +464,7 @@ def train_chunk(chunk: Chunk, ctx: Context, options: DriverOptions, stop: StopRe
   log = new_log(chunk.size, epochs)
   checkpoints = open_checkpoints(chunk, options, states)
   sink = RecordSink([m.run_dir for m in members], *ctx.examples,
-                    tensorboard=options.tensorboard)
+                    tensorboard=options.tensorboard, prepare_curves=options.prepare_curves)
   try:
     epoch, restored, notes = checkpoints.restore_latest(
         {'state': states, 'log': ctx.mesh.put_seeds(log)})

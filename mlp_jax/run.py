@@ -278,7 +278,7 @@ def train(config: TrainConfig, seeds: Sequence[int], layout: Layout, options: Ru
           continue
         driver_options = DriverOptions(chunk_size, options.checkpoint_every,
                                        options.keep_checkpoints, options.tensorboard,
-                                       options.stop_on_divergence)
+                                       options.stop_on_divergence, prepare_curves=first)
         if layout.sweep:
           print(f'sweep: {sweep_shape(len(points), len(seeds), len(group), epochs)}, vmap '
                 f'width {width}, chunks of {driver_options.chunk_size} over '

@@ -4,7 +4,10 @@ The driver hands the sink each epoch's metrics of all its seeds at once (one
 transfer off the device). A background thread formats them into every seed's
 history.csv (and TensorBoard events), so the next epoch trains while the host
 writes; an error of that thread (a full disk) is raised in the driver at the
-next call. history.csv needs no fsync: the chunk's checkpoints hold the metrics
+next call. On Linux the thread runs at the lowest priority (nice 19), so on a
+machine whose cores training keeps busy it takes only the time training leaves
+idle. A process that draws curves.png after training has it import matplotlib
+after the first epoch, instead of at the end. history.csv needs no fsync: the chunk's checkpoints hold the metrics
 log, and `begin` rewrites the rows a checkpoint covers from it.
 
 When the chunk's last epoch is done, `finish` writes each seed's trained
@@ -16,6 +19,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import sys
+import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -57,13 +62,17 @@ class RecordSink:
       to every call (this process's rows with a real seed).
     train_examples, test_examples: what the counts in the metrics are out of.
     tensorboard: also write TensorBoard events into <run_dir>/tensorboard.
+    prepare_curves: this process draws curves after training; the thread imports
+      matplotlib once the first epoch's records are queued.
   """
 
   def __init__(self, run_dirs: Sequence[str], train_examples: int, test_examples: int,
-               tensorboard: bool = False):
+               tensorboard: bool = False, prepare_curves: bool = False):
     self.run_dirs = list(run_dirs)
     self._examples = (train_examples, test_examples)
-    self._thread = concurrent.futures.ThreadPoolExecutor(1, 'mlp_jax-records')
+    self._thread = concurrent.futures.ThreadPoolExecutor(1, 'mlp_jax-records',
+                                                         initializer=lowest_priority)
+    self._prepare_curves = prepare_curves
     self._pending: List[concurrent.futures.Future] = []
     self._with_tensorboard = tensorboard and bool(self.run_dirs)
     self._tensorboard = None  # made by the thread at its first write (see _write)
@@ -88,6 +97,12 @@ class RecordSink:
     tick = time.perf_counter()
     self._raise_errors(wait=False)
     self._pending.append(self._thread.submit(self._write, epoch, metrics))
+    if self._prepare_curves:
+      # After the first epoch's write, not before: the import would compete with
+      # loading and compiling the programs, which hold the interpreter.
+      from mlp_jax import plots  # pylint: disable=g-import-not-at-top
+      self._pending.append(self._thread.submit(plots.import_matplotlib))
+      self._prepare_curves = False
     self.seconds += time.perf_counter() - tick
 
   def finish(self, variables: Sequence[Any]) -> None:
@@ -133,6 +148,18 @@ class RecordSink:
     self._pending = [f for f in self._pending if not f.done()]
     for future in done:
       future.result()  # re-raises the thread's error here
+
+
+def lowest_priority() -> None:
+  """Gives the calling thread alone the lowest scheduling priority (nice 19), on
+  Linux, where a thread id names one thread to setpriority (elsewhere it would name
+  a process, so this does nothing there). Training's threads then come first: on 2
+  cores XLA's pool keeps both busy, and the records' work fits in its gaps."""
+  if sys.platform.startswith('linux'):
+    try:
+      os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except OSError:
+      pass  # a sandbox may refuse it; the records are the same either way
 
 
 def accuracies(metrics: Dict[str, np.ndarray], train_examples: int, test_examples: int

@@ -1,13 +1,15 @@
 """The driver in-process, on a subset of MNIST: chunks, padding, records, checkpoints, resume."""
 
 import os
+import sys
+import threading
 
 import jax
 import numpy as np
 import pytest
 
 from conftest import crash_at_epoch, read, run_on_cpu_devices, without_timing
-from mlp_jax import checkpoints, driver, records, sink
+from mlp_jax import checkpoints, driver, plots, records, sink
 from mlp_jax.config import TrainConfig
 from mlp_jax.errors import UsageError
 from mlp_jax.run import Layout, RunOptions, epoch_line, sweep_line, train
@@ -142,6 +144,40 @@ def test_the_sink_makes_its_tensorboard_writer_on_its_thread(tmp_path):
   records_sink.write(1, metrics)
   records_sink.close()
   assert os.listdir(os.path.join(run_dir, records.TENSORBOARD_DIR))
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='renices threads on Linux only')
+def test_the_records_thread_runs_at_the_lowest_priority(tmp_path):
+  """It yields to training's threads; the thread that made the sink keeps its priority."""
+  records_sink = sink.RecordSink([str(tmp_path)], 100, 10)
+  nice = lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+  assert records_sink._thread.submit(nice).result() == 19  # pylint: disable=protected-access
+  records_sink.close()
+  assert nice() == os.getpriority(os.PRIO_PROCESS, 0) < 19
+
+
+@pytest.mark.parametrize('prepare', [True, False])
+def test_the_sink_imports_matplotlib_after_the_first_epoch_when_asked(tmp_path, monkeypatch,
+                                                                      prepare):
+  """A process that draws curves.png imports matplotlib on the records thread, once,
+  after the first epoch's records (not during start-up, not at the end)."""
+  calls = []
+  monkeypatch.setattr(plots, 'import_matplotlib',
+                      lambda: calls.append(threading.current_thread().name))
+  records_sink = sink.RecordSink([str(tmp_path)], 100, 10, prepare_curves=prepare)
+  records_sink._thread.submit(lambda: None).result()  # pylint: disable=protected-access
+  assert calls == []
+  metrics = {name: np.ones(1, np.float32) for name in sink.LOG_COLUMNS}
+  for epoch in (1, 2, 3):
+    records_sink.write(epoch, metrics)
+  records_sink.close()
+  assert len(calls) == (1 if prepare else 0)
+  assert all(name.startswith('mlp_jax-records') for name in calls)
+
+
+def test_import_matplotlib_imports_what_a_picture_needs():
+  plots.import_matplotlib()
+  assert {'matplotlib.figure', 'matplotlib.backends.backend_agg'} <= set(sys.modules)
 
 
 def test_a_chunk_too_large_for_the_device_is_one_line_naming_chunk_size():
