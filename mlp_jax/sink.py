@@ -7,8 +7,9 @@ writes; an error of that thread (a full disk) is raised in the driver at the
 next call. On Linux the thread runs at the lowest priority (nice 19), so on a
 machine whose cores training keeps busy it takes only the time training leaves
 idle. A process that draws curves.png after training has it import matplotlib
-after the first epoch, instead of at the end. history.csv needs no fsync: the chunk's checkpoints hold the metrics
-log, and `begin` rewrites the rows a checkpoint covers from it.
+after the first epoch, instead of at the end. history.csv needs no fsync: the
+chunk's checkpoints hold the metrics log, and `begin` rewrites the rows a
+checkpoint covers from it.
 
 When the chunk's last epoch is done, `finish` writes each seed's trained
 parameters (in parallel threads: serialising and fsync-ing them is the host's

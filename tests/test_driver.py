@@ -1,6 +1,7 @@
 """The driver in-process, on a subset of MNIST: chunks, padding, records, checkpoints, resume."""
 
 import os
+import subprocess
 import sys
 import threading
 
@@ -176,8 +177,15 @@ def test_the_sink_imports_matplotlib_after_the_first_epoch_when_asked(tmp_path, 
 
 
 def test_import_matplotlib_imports_what_a_picture_needs():
-  plots.import_matplotlib()
-  assert {'matplotlib.figure', 'matplotlib.backends.backend_agg'} <= set(sys.modules)
+  """In a fresh interpreter (this one may have imported matplotlib already):
+  mlp_jax.plots alone imports none of it; import_matplotlib imports both modules."""
+  code = ('import sys; from mlp_jax import plots; '
+          'assert not any(m.startswith("matplotlib") for m in sys.modules); '
+          'plots.import_matplotlib(); '
+          'assert {"matplotlib.figure", "matplotlib.backends.backend_agg"} <= set(sys.modules)')
+  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          timeout=120)
+  assert result.returncode == 0, result.stderr
 
 
 def test_a_chunk_too_large_for_the_device_is_one_line_naming_chunk_size():
