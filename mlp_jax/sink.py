@@ -6,8 +6,11 @@ history.csv (and TensorBoard events), so the next epoch trains while the host
 writes; an error of that thread (a full disk) is raised in the driver at the
 next call. On Linux the thread runs at the lowest priority (nice 19), so on a
 machine whose cores training keeps busy it takes only the time training leaves
-idle. A process that draws curves.png after training has it import matplotlib
-after the first epoch, instead of at the end. history.csv needs no fsync: the
+idle. A process that draws curves.png after training imports matplotlib on a
+second such thread after the first epoch, instead of at the end; on its own
+thread, so that the rows of the next epochs are not queued behind it (under
+nice 19 on busy cores, the import can take as long as the training). history.csv
+needs no fsync: the
 chunk's checkpoints hold the metrics log, and `begin` rewrites the rows a
 checkpoint covers from it.
 
@@ -63,8 +66,8 @@ class RecordSink:
       to every call (this process's rows with a real seed).
     train_examples, test_examples: what the counts in the metrics are out of.
     tensorboard: also write TensorBoard events into <run_dir>/tensorboard.
-    prepare_curves: this process draws curves after training; the thread imports
-      matplotlib once the first epoch's records are queued.
+    prepare_curves: this process draws curves after training; a second thread
+      imports matplotlib once the first epoch's records are queued.
   """
 
   def __init__(self, run_dirs: Sequence[str], train_examples: int, test_examples: int,
@@ -74,6 +77,7 @@ class RecordSink:
     self._thread = concurrent.futures.ThreadPoolExecutor(1, 'mlp_jax-records',
                                                          initializer=lowest_priority)
     self._prepare_curves = prepare_curves
+    self._curves_thread: Optional[concurrent.futures.ThreadPoolExecutor] = None
     self._pending: List[concurrent.futures.Future] = []
     self._with_tensorboard = tensorboard and bool(self.run_dirs)
     self._tensorboard = None  # made by the thread at its first write (see _write)
@@ -102,7 +106,9 @@ class RecordSink:
       # After the first epoch's write, not before: the import would compete with
       # loading and compiling the programs, which hold the interpreter.
       from mlp_jax import plots  # pylint: disable=g-import-not-at-top
-      self._pending.append(self._thread.submit(plots.import_matplotlib))
+      self._curves_thread = concurrent.futures.ThreadPoolExecutor(
+          1, 'mlp_jax-curves', initializer=lowest_priority)
+      self._pending.append(self._curves_thread.submit(plots.import_matplotlib))
       self._prepare_curves = False
     self.seconds += time.perf_counter() - tick
 
@@ -122,6 +128,8 @@ class RecordSink:
       self._raise_errors(wait=True)
     finally:
       self._thread.shutdown(wait=True)
+      if self._curves_thread is not None:
+        self._curves_thread.shutdown(wait=True)
       if self._tensorboard is not None:
         self._tensorboard.close()
       self.seconds += time.perf_counter() - tick

@@ -160,20 +160,31 @@ def test_the_records_thread_runs_at_the_lowest_priority(tmp_path):
 @pytest.mark.parametrize('prepare', [True, False])
 def test_the_sink_imports_matplotlib_after_the_first_epoch_when_asked(tmp_path, monkeypatch,
                                                                       prepare):
-  """A process that draws curves.png imports matplotlib on the records thread, once,
-  after the first epoch's records (not during start-up, not at the end)."""
-  calls = []
-  monkeypatch.setattr(plots, 'import_matplotlib',
-                      lambda: calls.append(threading.current_thread().name))
+  """A process that draws curves.png imports matplotlib once, after the first
+  epoch's records (not during start-up, not at the end), on a thread of its own at
+  the lowest priority: the next epochs' rows are written while it runs."""
+  calls, release = [], threading.Event()
+  nice = lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+  def slow_import():
+    calls.append((threading.current_thread().name, nice()))
+    assert release.wait(timeout=60)
+  monkeypatch.setattr(plots, 'import_matplotlib', slow_import)
   records_sink = sink.RecordSink([str(tmp_path)], 100, 10, prepare_curves=prepare)
   records_sink._thread.submit(lambda: None).result()  # pylint: disable=protected-access
   assert calls == []
   metrics = {name: np.ones(1, np.float32) for name in sink.LOG_COLUMNS}
   for epoch in (1, 2, 3):
     records_sink.write(epoch, metrics)
+  records_sink._thread.submit(lambda: None).result()  # pylint: disable=protected-access
+  # All three rows are on disk while the import has not returned.
+  assert len(read(tmp_path / records.HISTORY_FILE).splitlines()) == 1 + 3
+  release.set()
   records_sink.close()
   assert len(calls) == (1 if prepare else 0)
-  assert all(name.startswith('mlp_jax-records') for name in calls)
+  assert all(name.startswith('mlp_jax-curves') for name, _ in calls)
+  if sys.platform.startswith('linux'):
+    assert all(priority == 19 for _, priority in calls)
 
 
 def test_import_matplotlib_imports_what_a_picture_needs():
