@@ -23,6 +23,7 @@ def axes_pair(title: str):
   process writing PNGs does not need (and which is not thread-safe)."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
   fig = Figure(figsize=(11, 4.2))
   FigureCanvasAgg(fig)
   acc_ax, loss_ax = fig.subplots(1, 2)
@@ -36,6 +37,7 @@ def axes_pair(title: str):
     # to keep the title clear of them (0.2 s of a 0.3 s picture).
     ax.set_title(name, y=1.0, pad=6)
     ax.grid(True, alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs: no 1.5
   return fig, acc_ax, loss_ax
 
 
@@ -44,8 +46,10 @@ def plot_history(history: Mapping[str, np.ndarray], path: str, title: str) -> No
   fig, acc_ax, loss_ax = axes_pair(title)
   epochs = history['epoch']
   for split, color in (('train', 'tab:blue'), ('test', 'tab:orange')):
-    acc_ax.plot(epochs, history[f'{split}_accuracy'], color=color, label=split)
-    loss_ax.plot(epochs, history[f'{split}_loss'], color=color, label=split)
+    acc_ax.plot(epochs, history[f'{split}_accuracy'], color=color, label=split,
+                marker=_marker(epochs))
+    loss_ax.plot(epochs, history[f'{split}_loss'], color=color, label=split,
+                 marker=_marker(epochs))
   final = history['test_accuracy'][-1]
   acc_ax.annotate(f'final test {final:.4f}', xy=(epochs[-1], final), xytext=(-110, -30),
                   textcoords='offset points', arrowprops={'arrowstyle': '->'})
@@ -53,7 +57,31 @@ def plot_history(history: Mapping[str, np.ndarray], path: str, title: str) -> No
                                np.min(history['train_accuracy'])) - 0.01), 1.0005)
   for ax in (acc_ax, loss_ax):
     ax.legend()
+  _single_epoch_axis((acc_ax, loss_ax), epochs)
   fig.savefig(path, dpi=110)
+
+
+def _single_epoch_axis(axes, epochs: np.ndarray) -> None:
+  """One epoch: its number as the only tick, centred (not 0.945 ... 1.050)."""
+  if len(epochs) == 1:
+    for ax in axes:
+      ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
+      ax.set_xticks(epochs)
+
+
+def _marker(epochs: np.ndarray):
+  """A run of one epoch is a line of one point, which matplotlib draws as nothing:
+  it gets a marker."""
+  return 'o' if len(epochs) == 1 else None
+
+
+def _band(ax, epochs: np.ndarray, low: np.ndarray, high: np.ndarray, **style) -> None:
+  """The region between `low` and `high`; at a single epoch, an error bar."""
+  if len(epochs) == 1:
+    # A Line2D: a zero-height LineCollection (vlines) makes matplotlib divide by zero.
+    ax.plot([epochs[0]] * 2, [low[0], high[0]], linewidth=6, solid_capstyle='butt', **style)
+  else:
+    ax.fill_between(epochs, low, high, **style)
 
 
 def plot_band(curves: Mapping[str, np.ndarray], path: str, title: str) -> None:
@@ -72,23 +100,30 @@ def plot_band(curves: Mapping[str, np.ndarray], path: str, title: str) -> None:
   for split, color in (('train', 'tab:blue'), ('test', 'tab:orange')):
     for ax, metric in ((acc_ax, f'{split}_accuracy'), (loss_ax, f'{split}_loss')):
       values = curves[metric]
-      # One collection for all the runs: a Line2D each takes ~20 s at 1,000 runs.
-      ax.add_collection(LineCollection([np.column_stack([epochs, run]) for run in values],
-                                       colors=color, alpha=0.15, linewidths=0.7))
+      if len(epochs) == 1:
+        # Points, not a collection of one-point lines: those draw nothing, and their
+        # empty extent makes matplotlib divide by zero.
+        ax.plot(np.repeat(epochs, len(values)), values[:, 0], linestyle='none',
+                marker='o', color=color, alpha=0.15)
+      else:
+        # One collection for all the runs: a Line2D each takes ~20 s at 1,000 runs.
+        ax.add_collection(LineCollection([np.column_stack([epochs, run]) for run in values],
+                                         colors=color, alpha=0.15, linewidths=0.7))
       mean, low, high = mean_ci(values)
       if ax is loss_ax:
         # A log axis cannot show a band reaching zero or below: cut it at the
         # lowest seed, which the faint lines show anyway.
         low = np.maximum(low, values.min(axis=0))
-      ax.plot(epochs, mean, color=color, linewidth=2,
+      ax.plot(epochs, mean, color=color, linewidth=2, marker=_marker(epochs),
               label=f'{split} mean of {values.shape[0]}')
-      ax.fill_between(epochs, low, high, color=color, alpha=0.3, label=f'{split} 95% CI')
+      _band(ax, epochs, low, high, color=color, alpha=0.3, label=f'{split} 95% CI')
   low_acc = min(np.min(curves['test_accuracy']), np.min(curves['train_accuracy']))
   acc_ax.set_ylim(max(0.0, low_acc - 0.01), 1.0005)
   loss_ax.autoscale_view()  # collections do not rescale the axes by themselves
   # A fixed corner: 'best' searches every line of every run, slow with many runs.
   acc_ax.legend(fontsize=8, loc='lower right')
   loss_ax.legend(fontsize=8, loc='upper right')
+  _single_epoch_axis((acc_ax, loss_ax), epochs)
   fig.savefig(path, dpi=110)
 
 
@@ -114,12 +149,13 @@ def plot_bands(points: Sequence[Tuple[str, Mapping[str, np.ndarray]]], path: str
       mean, low, high = mean_ci(values)
       if ax is loss_ax:
         low = np.maximum(low, values.min(axis=0))  # a log axis cannot show <= 0
-      ax.plot(epochs, mean, color=color, linewidth=1.6,
+      ax.plot(epochs, mean, color=color, linewidth=1.6, marker=_marker(epochs),
               label=f'{label} ({values.shape[0]} seeds)')
-      ax.fill_between(epochs, low, high, color=color, alpha=0.25)
+      _band(ax, epochs, low, high, color=color, alpha=0.25)
     lowest = min(lowest, float(np.min(curves['test_accuracy'])))
   acc_ax.set_ylim(max(0.0, lowest - 0.01), 1.0005)
   acc_ax.set_ylabel('test accuracy')
   loss_ax.set_ylabel('test loss')
   acc_ax.legend(fontsize=7, loc='lower right')
+  _single_epoch_axis((acc_ax, loss_ax), points[0][1]['epoch'])
   fig.savefig(path, dpi=110)
