@@ -39,7 +39,8 @@ from mlp_jax.program_cache import Program, ProgramCache, trace
 from mlp_jax.progress import Progress
 from mlp_jax.sink import LOG_COLUMNS, RecordSink, accuracies, log_epoch, new_log
 from mlp_jax.train import (Hyperparameters, RunState, hyperparameters, make_trainer,
-                           key_seeds, keys_from_seeds, map_over_seeds, program_config)
+                           key_seeds, keys_from_seeds, map_over_seeds,
+                           program_cache_config)
 from mlp_jax.workdir import StopRequests, WorkdirError, describe_os_error
 
 # Share of a device's memory a chunk may plan to use (XLA needs some for itself).
@@ -344,8 +345,8 @@ class Context:
     trainer = make_trainer(config, train_size=data.train_images.shape[0],
                            num_classes=dataset.num_classes)
     return cls(mesh, data, ChunkPrograms(trainer, data, mesh, config.vmap_width,
-                                         f'{program_config(config)!r}, {dataset.num_classes} '
-                                         f'classes', program_cache),
+                                         f'{program_cache_config(config)!r}, '
+                                         f'{dataset.num_classes} classes', program_cache),
                (trainer.examples_per_epoch, data.test_labels.shape[0]))
 
   def run_epoch(self, size: int, states: RunState, hparams: Hyperparameters

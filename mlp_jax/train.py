@@ -131,6 +131,15 @@ def program_config(config: TrainConfig) -> TrainConfig:
                         dropout=0.5 if config.dropout else 0.0)
 
 
+def program_cache_config(config: TrainConfig) -> TrainConfig:
+  """`program_config`, and with a constant learning rate also `epochs` fixed: only
+  a schedule spanning the run reads it in a program, so runs of any length load
+  the same traced programs (mlp_jax.program_cache). Not for grouping configs into
+  chunks, whose members train for one number of epochs."""
+  fixed = program_config(config)
+  return fixed.replace(epochs=1) if fixed.lr_schedule == 'constant' else fixed
+
+
 def permutation(key: jnp.ndarray, n: int) -> jnp.ndarray:
   """`jax.random.permutation(key, n)`, bit for bit, several times faster on CPU.
 

@@ -116,20 +116,35 @@ def test_the_entry_points_keep_programs_beside_the_compilation_cache():
   assert environment.program_cache_dir('') is None
 
 
-def test_a_run_from_cached_programs_equals_one_that_traced_them(subset, tmp_path):
-  config = TrainConfig(epochs=2, dropout=0.2, batch_norm=True)
-  cache_dir = str(tmp_path / 'programs')
-
-  def run(name, program_cache_dir):
+def _run_reading_cache(subset, tmp_path, config):
+  """run(name, program_cache_dir, epochs=config's) -> (programs from the cache,
+  programs traced, history without timing, params bytes)."""
+  def run(name, program_cache_dir, epochs=config.epochs):
     options = RunOptions(tensorboard=False, checkpoint_every=0,
                          program_cache_dir=program_cache_dir)
-    train(config, [0], Layout(str(tmp_path / name), sweep=False), options, epoch_line, started=0.0,
-          dataset=subset)
+    train(config.replace(epochs=epochs), [0], Layout(str(tmp_path / name), sweep=False),
+          options, epoch_line, started=0.0, dataset=subset)
     timing = records.read_json_object(str(tmp_path / name / records.TIMING_FILE))
     return (timing['programs_from_cache'], timing['programs_traced'],
             without_timing(read(str(tmp_path / name / records.HISTORY_FILE))),
             read(str(tmp_path / name / records.PARAMS_FILE), 'rb'))
+  return run
 
+
+def test_a_run_from_cached_programs_equals_one_that_traced_them(subset, tmp_path):
+  run = _run_reading_cache(subset, tmp_path, TrainConfig(epochs=2, dropout=0.2,
+                                                          batch_norm=True))
+  cache_dir = str(tmp_path / 'programs')
   traced, loaded, uncached = run('a', cache_dir), run('b', cache_dir), run('c', None)
   assert traced[:2] == (0, 3) and loaded[:2] == (3, 0) and uncached[:2] == (None, None)
   assert traced[2:] == loaded[2:] == uncached[2:]
+
+
+def test_a_longer_run_loads_the_programs_of_a_shorter_one(subset, tmp_path):
+  """With a constant learning rate no program reads the number of epochs."""
+  run = _run_reading_cache(subset, tmp_path, TrainConfig(epochs=3))
+  cache_dir = str(tmp_path / 'programs')
+  assert run('short', cache_dir, epochs=1)[:2] == (0, 3)
+  loaded, uncached = run('long', cache_dir), run('uncached', None)
+  assert loaded[:2] == (3, 0)
+  assert loaded[2:] == uncached[2:]

@@ -177,3 +177,23 @@ def test_permutation_agrees_under_vmap():
   keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(4))
   got = jax.jit(jax.vmap(lambda k: train.permutation(k, 60_000)))(keys)
   assert np.array_equal(got, jax.vmap(lambda k: jax.random.permutation(k, 60_000))(keys))
+
+
+@pytest.mark.parametrize('schedule', ['constant', 'cosine', 'warmup_cosine'])
+def test_the_program_cache_key_leaves_out_epochs_only_where_no_program_reads_them(schedule):
+  """Runs of 1 and 20 epochs share cached programs exactly when their traced
+  epoch programs are the same: with a constant learning rate."""
+  short, long = (TrainConfig(epochs=e, lr_schedule=schedule) for e in (1, 20))
+  images = jax.ShapeDtypeStruct((512, 784), jnp.uint8)
+  labels = jax.ShapeDtypeStruct((512,), jnp.uint8)
+
+  def epoch_program(config):
+    trainer = train.make_trainer(config, train_size=512)
+    state = jax.eval_shape(trainer.init, *train.seed_keys(config))
+    hparams = {k: jax.ShapeDtypeStruct((), jnp.float32) for k in train.TRACED_SETTINGS}
+    return jax.jit(trainer.train_epoch).lower(state, hparams, images, labels).as_text()
+  same_programs = epoch_program(short) == epoch_program(long)
+  same_keys = train.program_cache_config(short) == train.program_cache_config(long)
+  assert same_programs == same_keys == (schedule == 'constant')
+  # Chunks still group by program_config, which keeps the epochs apart.
+  assert train.program_config(short) != train.program_config(long)
