@@ -72,9 +72,8 @@ def prepare_process(deterministic: bool, compilation_cache_dir: Optional[str]) -
 # not transposed (the forward passes); with YNNPACK's fusions limited to the
 # reductions, every matmul is an Eigen contraction, which made the seed config's epoch
 # 13-16% faster on an AMD EPYC without AVX-512 (paired epochs in one process; README,
-# The laptop run). Eigen
-# splits a contraction by the size of the intra-op pool, which is fixed below, so one
-# core and all cores still compute the same bits.
+# The laptop run). Eigen splits a contraction by the size of the intra-op pool, which
+# is fixed below, so one core and all cores still compute the same bits.
 CPU_COMPILER_OPTIONS = {'xla_cpu_prefer_vector_width': 512, 'xla_disable_hlo_passes': 'cse',
                         'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_REDUCE'}
 
@@ -119,7 +118,8 @@ def apply_determinism(deterministic: bool = True) -> str:
 # The matmuls run as Eigen contractions on the CPU client's intra-op thread pool (all
 # of them with CPU_COMPILER_OPTIONS; without, the weight gradients x^T g still do), and
 # Eigen blocks a contraction by the size of that pool, so their last bits depend on
-# it. The pool has max($PJRT_NPROC, local CPU devices) threads, and without PJRT_NPROC as many as the process may use cores: on an AMD EPYC without
+# it. The pool has max($PJRT_NPROC, local CPU devices) threads, and without
+# PJRT_NPROC as many as the process may use cores: on an AMD EPYC without
 # AVX-512 a run pinned to one core, one on two cores and one on 4 CPU devices computed
 # three different sets of parameters (README, Performance). A pool of a fixed size
 # makes them one. 2, not more: with batches of 128 a third or fourth thread buys
