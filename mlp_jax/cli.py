@@ -120,6 +120,10 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
   `error: ...` and exit code 2, and a stop on a signal as its message and exit
   code 128 + signal number."""
 
+  # Each line leaves as it is printed, whole, also into a pipe (launch.sh, tee),
+  # without making C's stdout unbuffered as PYTHONUNBUFFERED would (see launch.plan).
+  sys.stdout.reconfigure(line_buffering=True)
+
   @functools.wraps(main)
   def guarded(argv):
     if not flags.FLAGS['verbosity'].present:

@@ -10,8 +10,10 @@ processes; on a CPU each process has one CPU device unless
 XLA_FLAGS=--xla_force_host_platform_device_count=K gives it K.
 
 Each process runs in a process group of its own and its output lines are prefixed with
-`[p<i>] `. SIGTERM and SIGINT are forwarded to every process (SIGHUP as SIGTERM): the
-entry points checkpoint at the end of the epoch and exit; a third signal kills them.
+`[p<i>] `, each line whole (PYTHONUNBUFFERED is taken out of their environment: it would
+let a library's line written in pieces split the process's own lines). SIGTERM and
+SIGINT are forwarded to every process (SIGHUP as SIGTERM): the entry points checkpoint
+at the end of the epoch and exit; a third signal kills them.
 When a process fails, the others are stopped (SIGTERM, then SIGKILL after
 $MLP_JAX_LAUNCH_GRACE seconds, default 10), and the launcher exits with the first
 failure's exit code, naming the process. Exit status: 0 when every process succeeded;
@@ -128,7 +130,12 @@ def plan(processes: int) -> tuple[List[Dict[str, str]], str]:
   common = {**os.environ, 'COORDINATOR_ADDRESS': f'127.0.0.1:{port}',
             'NUM_PROCESSES': str(processes)}
   common.pop('MLP_JAX_DISTRIBUTED', None)
-  common.setdefault('PYTHONUNBUFFERED', '1')  # lines arrive as they are printed
+  # Not unbuffered: PYTHONUNBUFFERED also unbuffers C's stdout, and then a library
+  # line written in pieces from a thread of its own (gloo's "[Gloo] Rank 0 is
+  # connected to ..." is 5 writes) splits a line the process prints meanwhile.
+  # Buffered, such a line leaves whole at its end; the entry points print theirs
+  # line-buffered (cli.run).
+  common.pop('PYTHONUNBUFFERED', None)
   described = [f'{processes} local processes: COORDINATOR_ADDRESS=127.0.0.1:{port} '
                f'NUM_PROCESSES={processes} PROCESS_ID=0..{processes - 1}']
   gpus = _gpus()

@@ -190,9 +190,50 @@ def test_launch_reports_and_prefixes_output(three_ways):
   assert lines and all(l.startswith(('[p0] ', '[p1] ')) for l in lines), two.stdout
   for p in ('[p0] ', '[p1] '):
     assert any(l.startswith(p + 'sweep: 5 seeds x 2 epochs') and 'in 2 process(es)' in l
-               for l in lines), p
-    assert any(l.startswith(p + 'epoch 2/2') for l in lines), p
+               for l in lines), (p, two.stdout, two.stderr)
+    assert any(l.startswith(p + 'epoch 2/2') for l in lines), (p, two.stdout, two.stderr)
   assert any(l.startswith('[p0] sweep: final test accuracy over 5 seed(s)') for l in lines)
+
+
+# An entry point that a library interrupts: a line begun on C's stdout (as gloo writes
+# its connection report, in pieces), the entry point's own line printed meanwhile
+# without a flush, then the library's line ended.
+_INTERRUPTED_LINE = """
+import ctypes, os, sys, time
+from mlp_jax import cli
+
+def main(argv):
+  libc = ctypes.CDLL(None)
+  c_stdout = ctypes.c_void_p.in_dll(libc, 'stdout')
+  libc.fputs(b'[lib] connected ', c_stdout)
+  print('entry point line')
+  release = os.environ['RELEASE']
+  waited = time.monotonic()
+  while not os.path.exists(release) and time.monotonic() - waited < 60:
+    time.sleep(0.05)
+  libc.fputs(b'to 1 peer\\n', c_stdout)
+  libc.fflush(c_stdout)
+
+cli.run(main)
+"""
+
+
+def test_lines_stay_whole_and_arrive_as_printed(tmp_path, cache_dir):
+  """PYTHONUNBUFFERED (here set by the user) would unbuffer C's stdout too, and a
+  library's line written in pieces would split the process's line (CI saw gloo's
+  "[Gloo] Rank 0 is connected ..." do that); the launcher takes it out, and the entry
+  point's stdout is line-buffered, so its line arrives before the process ends."""
+  (tmp_path / 'interrupted_line.py').write_text(_INTERRUPTED_LINE)
+  release = tmp_path / 'release'
+  run = Launch('--processes=1', 'interrupted_line', command=PYTHON_LAUNCHER,
+               env=_env(cache_dir, PYTHONPATH=str(tmp_path), PYTHONUNBUFFERED='1',
+                        RELEASE=str(release)))
+  try:
+    run.wait_for_line('entry point line', timeout=30)
+  finally:
+    release.touch()
+  assert run.wait(60) == 0, run.stderr
+  assert run.stdout.splitlines() == ['[p0] entry point line', '[p0] [lib] connected to 1 peer']
 
 
 def test_every_process_failing_fails_the_launch(tmp_path, cache_dir):
@@ -372,7 +413,7 @@ def test_the_launcher_splits_the_gpus_and_sets_each_process(monkeypatch, capsys)
                         f'NUM_PROCESSES=2 PROCESS_ID={p} CUDA_VISIBLE_DEVICES={share} '
                         f'{sys.executable} -m mlp_jax.main --epochs=1')
   envs, _ = launcher.plan(2)
-  assert all('MLP_JAX_DISTRIBUTED' not in env and env['PYTHONUNBUFFERED'] == '1' for env in envs)
+  assert all('MLP_JAX_DISTRIBUTED' not in env and 'PYTHONUNBUFFERED' not in env for env in envs)
 
 
 def test_launch_sh_runs_the_module_with_the_gpu_settings(tmp_path, cache_dir):
