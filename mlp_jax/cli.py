@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import gc
 import os
@@ -104,6 +105,76 @@ def _exit(code: int, every_process_stops: bool = False) -> None:
   sys.exit(code)
 
 
+class ConsoleStream:
+  """A console stream (stdout, stderr) whose failures never stop the process.
+
+  Records are the product, the console is not: a reader that went away (`| head -1`,
+  EPIPE), a full or failing device (/dev/full, ENOSPC, EIO) or a closed stream makes
+  every later write to it vanish instead of raising, so the failure is never
+  reported as the workdir's, nor costs a record. On the first failure the stream's
+  file descriptor is pointed at os.devnull, so that what is still buffered, the
+  interpreter's final flush and C code writing to the descriptor (gloo) fail no more.
+  """
+
+  def __init__(self, stream):
+    self._stream = stream
+    self.failed: Optional[OSError] = None
+
+  def write(self, text: str) -> int:
+    if self.failed is None:
+      try:
+        return self._stream.write(text)
+      except (OSError, ValueError) as e:  # ValueError: the stream was closed
+        self._fail(e)
+    return len(text)
+
+  def writelines(self, lines) -> None:
+    for line in lines:
+      self.write(line)
+
+  def flush(self) -> None:
+    if self.failed is None:
+      try:
+        self._stream.flush()
+      except (OSError, ValueError) as e:
+        self._fail(e)
+
+  def isatty(self) -> bool:
+    try:
+      return self.failed is None and self._stream.isatty()
+    except (OSError, ValueError):
+      return False
+
+  def _fail(self, error: Exception) -> None:
+    self.failed = error if isinstance(error, OSError) else OSError(errno.EBADF, str(error))
+    try:
+      devnull = os.open(os.devnull, os.O_WRONLY)
+      try:
+        os.dup2(devnull, self._stream.fileno())
+      finally:
+        os.close(devnull)
+      self._stream.flush()  # what was buffered goes to os.devnull now
+    except (OSError, ValueError, AttributeError):
+      pass  # no descriptor of its own (a test's buffer): the writes vanish here anyway
+
+  def __getattr__(self, name: str) -> Any:
+    return getattr(self._stream, name)
+
+
+def guard_console() -> None:
+  """sys.stdout and sys.stderr as ConsoleStreams (once), line-buffered stdout."""
+  if not isinstance(sys.stdout, ConsoleStream):
+    # Each line leaves as it is printed, whole, also into a pipe (launch.sh, tee),
+    # without making C's stdout unbuffered as PYTHONUNBUFFERED would (see launch.plan).
+    try:
+      sys.stdout.reconfigure(line_buffering=True)
+    except (AttributeError, OSError, ValueError):
+      pass
+    sys.stdout = ConsoleStream(sys.stdout)
+  if not isinstance(sys.stderr, ConsoleStream):
+    sys.stderr = ConsoleStream(sys.stderr)
+
+
 def parse_flags(argv: Sequence[str]) -> Sequence[str]:
   """absl's flag parsing, with an unparsable command line (an unknown flag, a value
   of the wrong type) reported like every other bad input: one line, exit code 2."""
@@ -118,11 +189,8 @@ def parse_flags(argv: Sequence[str]) -> Sequence[str]:
 def run(main: Callable[[Sequence[str]], None]) -> None:
   """app.run(main), reporting a flag that does not parse or a UsageError as
   `error: ...` and exit code 2, and a stop on a signal as its message and exit
-  code 128 + signal number."""
-
-  # Each line leaves as it is printed, whole, also into a pipe (launch.sh, tee),
-  # without making C's stdout unbuffered as PYTHONUNBUFFERED would (see launch.plan).
-  sys.stdout.reconfigure(line_buffering=True)
+  code 128 + signal number; a failing console never stops it (ConsoleStream)."""
+  guard_console()
 
   @functools.wraps(main)
   def guarded(argv):
