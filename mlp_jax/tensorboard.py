@@ -1,23 +1,63 @@
-"""TensorBoard event files of per-epoch metrics, for one run or a chunk of a sweep's seeds.
+"""TensorBoard event files: per-epoch metrics, and a grid's HParams table.
 
-`tensorboard --logdir runs/` then shows every run and seed. Written with tensorboardX
-(no TensorFlow), which is imported only when a writer is made: importing this module
-loads neither tensorboardX nor jax.
+`tensorboard --logdir runs/` then shows every run and seed (EpochWriter), and a grid
+sweep as the HParams dashboard's sortable table (write_hparams): each member a run
+whose group is its grid point, so TensorBoard aggregates a point's seeds. Written
+with tensorboardX's protos (no TensorFlow), which are imported only when a writer
+is made: importing this module loads neither tensorboardX nor jax.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import glob
 import os
 import resource
 import secrets
+import socket
 import time
-from typing import Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from mlp_jax import metrics as metric_spec
+
+# TensorBoard slows down at a few hundred runs: beyond this many members per grid point a
+# sweep writes each point's mean and one HParams run per point, unless asked for every
+# member (--tensorboard_members).
+MAX_MEMBER_RUNS_PER_POINT = 64
+# The HParams plugin's tags and version (tensorboard/plugins/hparams/metadata.py).
+HPARAMS_PLUGIN = 'hparams'
+EXPERIMENT_TAG = '_hparams_/experiment'
+SESSION_START_TAG = '_hparams_/session_start_info'
+SESSION_END_TAG = '_hparams_/session_end_info'
+HPARAMS_PLUGIN_VERSION = 0
+# The events file holding a run's HParams records is named with this suffix, so that
+# writing them again (a resumed sweep) replaces it rather than adding a second one.
+HPARAMS_SUFFIX = '.hparams'
+# The HParams table's metrics: (name, description); each is a scalar tagged
+# 'hparams/<name>' in its run. Validation exists only when the runs hold one.
+HPARAMS_METRICS = (
+    ('final_test_accuracy', 'Test accuracy after the last epoch.'),
+    ('best_test_accuracy', 'Highest test accuracy of any epoch.'),
+    ('final_validation_accuracy', 'Validation accuracy after the last epoch.'),
+    ('best_validation_accuracy', 'Highest validation accuracy of any epoch.'),
+    ('ensemble_test_accuracy', 'Test accuracy of the grid point\'s ensemble of seeds '
+     '(argmax of their mean probabilities): the same for every seed of a point.'),
+)
+
+
+def member_runs(members_per_point: int, requested: bool) -> bool:
+  """Whether a sweep writes every member's TensorBoard scalars and HParams run
+  (else each grid point's mean and one HParams run per point)."""
+  return requested or members_per_point <= MAX_MEMBER_RUNS_PER_POINT
+
+
 # TensorBoard shows a tag's prefix as a section, so 'train_loss' becomes 'loss/train' and
-# the train and test curves of a quantity share a section.
+# the splits of a quantity share a section (mlp_jax.metrics.Metric.tag).
 def _tag(metric: str) -> str:
+  if metric in metric_spec.BY_NAME:
+    return metric_spec.BY_NAME[metric].tag
   split, _, quantity = metric.partition('_')
   return f'{quantity}/{split}' if quantity else metric
 
@@ -120,3 +160,174 @@ class EpochWriter:
 
   def __exit__(self, *exc_info) -> None:
     self.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class HParamsRun:
+  """One row of the HParams table: a TensorBoard run.
+
+  Attributes:
+    logdir: the run's directory (its other events, e.g. the per-epoch scalars, stay).
+    group: TensorBoard aggregates the runs of a group (a grid point's name).
+    hparams: swept setting -> its value here (float, int, str or a tuple of ints).
+    metrics: metric name (of HPARAMS_METRICS) -> value.
+    step: the step the metrics are recorded at (the last epoch).
+  """
+  logdir: str
+  group: str
+  hparams: Mapping[str, Any]
+  metrics: Mapping[str, float]
+  step: int
+
+
+def _hparam_value(value: Any) -> Any:
+  """A setting as the HParams table holds it: numbers as numbers, the rest as text
+  (hidden sizes (128, 128) -> '128,128')."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    return ','.join(map(str, value)) if isinstance(value, tuple) else str(value)
+  return float(value)
+
+
+def _write_hparams_file(logdir: str, events: Sequence[Any]) -> None:
+  """Replaces `logdir`'s HParams events file by one holding `events`."""
+  # pylint: disable=g-import-not-at-top
+  from tensorboardX.proto import event_pb2
+  from tensorboardX.record_writer import RecordWriter
+  os.makedirs(logdir, exist_ok=True)
+  stale = glob.glob(os.path.join(logdir, f'events.out.tfevents.*{HPARAMS_SUFFIX}'))
+  # Named after the current second, so it sorts after the per-epoch files already
+  # there: a TensorBoard watching the directory reads files in name order only.
+  path = os.path.join(logdir, f'events.out.tfevents.{int(time.time())}.'
+                              f'{socket.gethostname()}{HPARAMS_SUFFIX}')
+  writer = RecordWriter(path)
+  try:
+    writer.write(event_pb2.Event(wall_time=time.time(),
+                                 file_version='brain.Event:2').SerializeToString())
+    for event in events:
+      writer.write(event.SerializeToString())
+  finally:
+    writer.close()
+  for old in stale:
+    if old != path:
+      os.remove(old)
+
+
+def write_hparams(experiment_logdir: str, domains: Sequence[Tuple[str, Sequence[Any]]],
+                  runs: Sequence[HParamsRun]) -> None:
+  """Writes a grid's HParams experiment and one HParams run per entry of `runs`.
+
+  The experiment (the swept settings with their domains, and the metrics any run
+  has) goes into `experiment_logdir`; each run's start (its hparams and group), its
+  metrics as scalars tagged 'hparams/<name>', and its end (succeeded) go into its
+  own logdir. Writing again replaces what an earlier call wrote there.
+
+  Args:
+    experiment_logdir: a directory of its own under TensorBoard's logdir (the
+      sweep's tensorboard/).
+    domains: (setting, its values) for each swept setting, in the grid's order.
+    runs: the table's rows.
+  """
+  # pylint: disable=g-import-not-at-top
+  from google.protobuf import struct_pb2
+  from tensorboardX.proto import (api_pb2, event_pb2, plugin_hparams_pb2, summary_pb2,
+                                  tensor_pb2, tensor_shape_pb2, types_pb2)
+  present = {name for run in runs for name in run.metrics}
+  metrics = [(name, text) for name, text in HPARAMS_METRICS if name in present]
+  unknown = present - {name for name, _ in HPARAMS_METRICS}
+  if unknown:
+    raise ValueError(f'unknown HParams metrics {sorted(unknown)}; known: '
+                     f'{[name for name, _ in HPARAMS_METRICS]}')
+
+  def summary(tag: str, data: Any) -> Any:
+    # An empty float tensor, as TensorBoard's own hparams summaries carry: its data
+    # provider lists a plugin's tags by their tensors.
+    content = plugin_hparams_pb2.HParamsPluginData(version=HPARAMS_PLUGIN_VERSION, **data)
+    metadata = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(
+        plugin_name=HPARAMS_PLUGIN, content=content.SerializeToString()))
+    empty = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_shape=(
+        tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=0)])))
+    return summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, metadata=metadata,
+                                                                tensor=empty)])
+
+  now = time.time()
+  infos = []
+  for name, values in domains:
+    values = [_hparam_value(v) for v in values]
+    numeric = all(isinstance(v, float) for v in values)
+    listed = struct_pb2.ListValue()
+    listed.extend(values)
+    infos.append(api_pb2.HParamInfo(
+        name=name, type=api_pb2.DATA_TYPE_FLOAT64 if numeric else api_pb2.DATA_TYPE_STRING,
+        domain_discrete=listed, description=f'--{name}'))
+  experiment = api_pb2.Experiment(
+      hparam_infos=infos, time_created_secs=now,
+      metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=f'hparams/{name}'),
+                                       display_name=name, description=text)
+                    for name, text in metrics])
+  _write_hparams_file(experiment_logdir, [event_pb2.Event(
+      wall_time=now, summary=summary(EXPERIMENT_TAG, {'experiment': experiment}))])
+  for run in runs:
+    start = plugin_hparams_pb2.SessionStartInfo(group_name=run.group, start_time_secs=now)
+    for name, value in run.hparams.items():
+      value = _hparam_value(value)
+      if isinstance(value, float):
+        start.hparams[name].number_value = value
+      else:
+        start.hparams[name].string_value = value
+    end = plugin_hparams_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS, end_time_secs=now)
+    scalars = summary_pb2.Summary(value=[
+        summary_pb2.Summary.Value(tag=f'hparams/{name}', simple_value=float(value))
+        for name, value in run.metrics.items()])
+    _write_hparams_file(run.logdir, [
+        event_pb2.Event(wall_time=now, summary=summary(SESSION_START_TAG,
+                                                       {'session_start_info': start})),
+        event_pb2.Event(wall_time=now, step=run.step, summary=scalars),
+        event_pb2.Event(wall_time=now, summary=summary(SESSION_END_TAG,
+                                                       {'session_end_info': end}))])
+
+
+def write_grid_hparams(logdir: str, settings: Sequence[Sequence[Tuple[str, Any]]],
+                       member_logdirs: Sequence[Sequence[str]], point_logdirs: Sequence[str],
+                       curves: Sequence[Mapping[str, np.ndarray]],
+                       ensemble_accuracy: Sequence[float], every_member: bool) -> None:
+  """A grid sweep's HParams table (write_hparams), in `logdir` (the sweep's tensorboard/).
+
+  With `every_member` each member is a run of its point's group, its logdir that of
+  its per-epoch scalars; else each point is one run (its mean's logdir) whose
+  metrics are its members' means.
+
+  Args:
+    settings: per point, its (setting, value) pairs in the grid's order.
+    member_logdirs: per point, its members' logdirs.
+    point_logdirs: per point, the logdir of its mean.
+    curves: per point, records.read_curves of its members: {metric: [members, epochs]}
+      ('validation_accuracy' makes the validation metrics).
+    ensemble_accuracy: per point, the test accuracy of its ensemble of seeds.
+    every_member: one run per member (see member_runs), else one per point.
+  """
+  domains: Dict[str, List[Any]] = {}
+  for point in settings:
+    for name, value in point:
+      if value not in domains.setdefault(name, []):
+        domains[name].append(value)
+  runs = []
+  for point, members, mean_logdir, point_curves, ensemble in zip(
+      settings, member_logdirs, point_logdirs, curves, ensemble_accuracy):
+    group = '/'.join(f'{name}={_hparam_value(value)}' for name, value in point)
+    metrics = {'final_test_accuracy': point_curves['test_accuracy'][:, -1],
+               'best_test_accuracy': np.nanmax(point_curves['test_accuracy'], axis=1)}
+    if 'validation_accuracy' in point_curves:
+      metrics['final_validation_accuracy'] = point_curves['validation_accuracy'][:, -1]
+      metrics['best_validation_accuracy'] = np.nanmax(point_curves['validation_accuracy'],
+                                                      axis=1)
+    step = int(point_curves['epoch'][-1])
+    if every_member:
+      runs += [HParamsRun(member, group, dict(point),
+                          {**{k: float(v[i]) for k, v in metrics.items()},
+                           'ensemble_test_accuracy': float(ensemble)}, step)
+               for i, member in enumerate(members)]
+    else:
+      runs.append(HParamsRun(mean_logdir, group, dict(point),
+                             {**{k: float(np.mean(v)) for k, v in metrics.items()},
+                              'ensemble_test_accuracy': float(ensemble)}, step))
+  write_hparams(logdir, list(domains.items()), runs)

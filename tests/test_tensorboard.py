@@ -101,3 +101,145 @@ def test_importing_the_module_loads_neither_tensorboardx_nor_jax():
   result = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True,
                           text=True, timeout=60, check=True)
   assert result.stdout.strip() == '[]'
+
+
+def _hparams_table(logdir):
+  """(experiment, session groups) as TensorBoard's HParams plugin serves them for
+  `logdir`, read through TensorBoard's own event multiplexer and data provider."""
+  # pylint: disable=g-import-not-at-top
+  from tensorboard import context
+  from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+  from tensorboard.plugins import base_plugin
+  from tensorboard.plugins.hparams import api_pb2, backend_context, list_session_groups
+  multiplexer = plugin_event_multiplexer.EventMultiplexer()
+  multiplexer.AddRunsFromDirectory(logdir)
+  multiplexer.Reload()
+  tb = backend_context.Context(base_plugin.TBContext(
+      logdir=logdir, multiplexer=multiplexer,
+      data_provider=data_provider.MultiplexerDataProvider(multiplexer, logdir)))
+  request = context.RequestContext()
+  experiment = tb.experiment_from_metadata(request, '', True, tb.hparams_metadata(request, ''),
+                                           tb.hparams_from_data_provider(request, '', None))
+  groups = list_session_groups.Handler(request, tb, '', api_pb2.ListSessionGroupsRequest(
+      allowed_statuses=[api_pb2.STATUS_SUCCESS], start_index=0, slice_size=10_000,
+      aggregation_type=api_pb2.AGGREGATION_AVG)).run().session_groups
+  return experiment, groups
+
+
+def _metric_values(session):
+  return {value.name.tag: value.value for value in session.metric_values}
+
+
+@pytest.mark.slow  # a grid of 4 members trained in-process: ~30 s on 2 busy cores
+def test_a_grid_sweep_reads_as_an_hparams_table_in_tensorboard(subset, tmp_path):
+  from mlp_jax import records  # pylint: disable=g-import-not-at-top
+  from mlp_jax.config import RunOptions, TrainConfig  # pylint: disable=g-import-not-at-top
+  from mlp_jax.grid import Grid  # pylint: disable=g-import-not-at-top
+  from mlp_jax.run import Layout, sweep_line, train  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / 'grid')
+  train(TrainConfig(epochs=1), [0, 1], Layout(workdir, sweep=True),
+        RunOptions(checkpoint_every=0, tensorboard=True), sweep_line, 0.0, subset,
+        grid=Grid((('learning_rate', (1e-3, 3e-3)),)))
+  experiment, groups = _hparams_table(workdir)
+  [info] = experiment.hparam_infos
+  assert info.name == 'learning_rate'
+  assert [v.number_value for v in info.domain_discrete.values] == [1e-3, 3e-3]
+  tags = ['hparams/final_test_accuracy', 'hparams/best_test_accuracy',
+          'hparams/ensemble_test_accuracy']  # no validation split: no validation metric
+  assert [m.name.tag for m in experiment.metric_infos] == tags
+  final = {(row['learning_rate'], row['seed']): row
+           for row in records.read_csv(os.path.join(workdir, records.FINAL_FILE))}
+  points = {row['learning_rate']: row
+            for row in records.read_csv(os.path.join(workdir, records.POINTS_FILE))}
+  assert sorted(g.name for g in groups) == ['learning_rate=0.001', 'learning_rate=0.003']
+  for group in groups:
+    rate = group.name.split('=')[1]
+    assert group.hparams['learning_rate'].number_value == float(rate)
+    # One run per member, each the directory of its per-epoch scalars.
+    assert [s.name for s in group.sessions] == [
+        f'learning_rate={rate}/seed_{k}/tensorboard' for k in (0, 1)]
+    for k, session in enumerate(group.sessions):
+      values = _metric_values(session)
+      assert sorted(values) == sorted(tags)
+      row = final[(rate, str(k))]
+      # TensorBoard stores scalars as float32.
+      assert values['hparams/final_test_accuracy'] == np.float32(row['final_test_accuracy'])
+      assert values['hparams/best_test_accuracy'] == np.float32(row['best_test_accuracy'])
+      assert values['hparams/ensemble_test_accuracy'] == np.float32(
+          points[rate]['ensemble_test_accuracy'])
+    assert _metric_values(group)['hparams/final_test_accuracy'] == pytest.approx(
+        np.mean([float(final[(rate, str(k))]['final_test_accuracy']) for k in (0, 1)]),
+        abs=1e-6)  # the group's average, which TensorBoard computes in float32
+
+
+def _fake_curves(members, epochs=3, validation=False, offset=0.0):
+  rng = np.random.default_rng(members)
+  curves = {'epoch': np.arange(1, epochs + 1),
+            'test_accuracy': rng.integers(0, 1000, (members, epochs)) / 1000 + offset}
+  if validation:
+    curves['validation_accuracy'] = rng.integers(0, 500, (members, epochs)) / 500
+  return curves
+
+
+def _write_fake_grid(tmp_path, members, every_member, validation=False):
+  """Two points of `members` fake members each, through write_grid_hparams."""
+  from mlp_jax.tensorboard import write_grid_hparams  # pylint: disable=g-import-not-at-top
+  logdir = str(tmp_path / 'tensorboard')
+  settings = [(('learning_rate', 1e-3), ('hidden_sizes', (64, 64))),
+              (('learning_rate', 3e-3), ('hidden_sizes', (64, 64)))]
+  names = ['learning_rate=0.001/hidden_sizes=64,64', 'learning_rate=0.003/hidden_sizes=64,64']
+  curves = [_fake_curves(members, validation=validation, offset=i / 10) for i in range(2)]
+  write_grid_hparams(logdir, settings,
+                     [[str(tmp_path / name / f'seed_{k}' / 'tensorboard')
+                       for k in range(members)] for name in names],
+                     [os.path.join(logdir, name) for name in names], curves, [0.97, 0.98],
+                     every_member)
+  return names, curves
+
+
+def test_the_validation_metrics_are_written_only_when_the_runs_have_them(tmp_path):
+  _write_fake_grid(tmp_path / 'with', 2, every_member=True, validation=True)
+  experiment, groups = _hparams_table(str(tmp_path / 'with'))
+  assert [m.name.tag for m in experiment.metric_infos] == [
+      'hparams/final_test_accuracy', 'hparams/best_test_accuracy',
+      'hparams/final_validation_accuracy', 'hparams/best_validation_accuracy',
+      'hparams/ensemble_test_accuracy']
+  assert all(len(_metric_values(s)) == 5 for g in groups for s in g.sessions)
+  # A string setting keeps its values as text in the domain.
+  [sizes] = [i for i in experiment.hparam_infos if i.name == 'hidden_sizes']
+  assert [v.string_value for v in sizes.domain_discrete.values] == ['64,64']
+  _write_fake_grid(tmp_path / 'without', 2, every_member=True)
+  experiment, _ = _hparams_table(str(tmp_path / 'without'))
+  assert not any('validation' in m.name.tag for m in experiment.metric_infos)
+
+
+def test_beyond_64_members_a_point_is_one_run_of_means_unless_asked(tmp_path):
+  from mlp_jax.tensorboard import member_runs  # pylint: disable=g-import-not-at-top
+  assert member_runs(64, requested=False) and not member_runs(65, requested=False)
+  assert member_runs(65, requested=True)
+  names, curves = _write_fake_grid(tmp_path / 'means', 65, member_runs(65, False))
+  _, groups = _hparams_table(str(tmp_path / 'means'))
+  assert sorted(g.name for g in groups) == names
+  for group, point_curves in zip(sorted(groups, key=lambda g: g.name), curves):
+    [session] = group.sessions
+    assert session.name == f'tensorboard/{group.name}'  # beside the point's mean scalars
+    values = _metric_values(session)
+    assert values['hparams/final_test_accuracy'] == np.float32(
+        point_curves['test_accuracy'][:, -1].mean())
+    assert values['hparams/best_test_accuracy'] == np.float32(
+        point_curves['test_accuracy'].max(axis=1).mean())
+  names, _ = _write_fake_grid(tmp_path / 'members', 65, member_runs(65, True))
+  _, groups = _hparams_table(str(tmp_path / 'members'))
+  assert sorted(len(g.sessions) for g in groups) == [65, 65]
+  assert {s.name for g in groups for s in g.sessions} == {
+      f'{name}/seed_{k}/tensorboard' for name in names for k in range(65)}
+
+
+def test_writing_the_table_again_replaces_it(tmp_path):
+  _write_fake_grid(tmp_path, 2, every_member=True)
+  _write_fake_grid(tmp_path, 2, every_member=True)
+  member = tmp_path / 'learning_rate=0.001/hidden_sizes=64,64' / 'seed_0' / 'tensorboard'
+  assert len(glob.glob(str(member / 'events.out.tfevents.*.hparams'))) == 1
+  assert len(glob.glob(str(tmp_path / 'tensorboard' / 'events.out.tfevents.*.hparams'))) == 1
+  _, groups = _hparams_table(str(tmp_path))
+  assert sorted(len(g.sessions) for g in groups) == [2, 2]
