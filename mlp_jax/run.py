@@ -185,12 +185,30 @@ def prepare_sweep_dir(layout: Layout, settings: Dict[str, Any], members: Sequenc
                       env: Dict[str, Any], overwrite: bool, write: bool) -> None:
   """Checks sweep.json against `settings`; with `overwrite` deletes the previous
   sweep's summaries and checkpoints and the run directories of members it listed
-  that this one does not (the listed ones are started over per member)."""
+  that this one does not (the listed ones are started over per member).
+
+  More seeds with otherwise the same settings extend the sweep (`extension`): its
+  seeds' records and checkpoints stay as they are, sweep.json lists the new seeds
+  too, and the statistics of the old seeds are removed (redone after training).
+  """
   path = layout.settings_file
+  extended = None
   if os.path.exists(path) and not overwrite:
-    refuse_other_settings(layout.workdir, records.read_json_object(path), settings)
+    stored = records.read_json_object(path)
+    extended = extension(layout.workdir, stored, settings)
+    if extended is None:
+      refuse_other_settings(layout.workdir, stored, settings)
   if not write:
     return
+  if extended:
+    # The old statistics go before any new seed trains: finish() redoes them when
+    # timing.json is missing, so an extension killed before its end still does.
+    remove_entries(layout.workdir, [e for e in records.SWEEP_ENTRIES if e not in (
+        records.SWEEP_FILE, records.ENVIRONMENT_FILE, records.CHECKPOINT_DIR)])
+    records.write_json(path, settings)
+    print(f'sweep: extending {layout.workdir} by {len(extended)} seed(s) '
+          f'({seed_ranges(extended)}); its {len(settings["seeds"]) - len(extended)} finished '
+          'seed(s) are kept as they are', flush=True)
   if overwrite:
     previous = (records.sweep_run_dirs(records.read_json_object(path))
                 if os.path.exists(path) else [])
@@ -207,6 +225,38 @@ def prepare_sweep_dir(layout: Layout, settings: Dict[str, Any], members: Sequenc
     records.write_json(path, settings)
   if not os.path.exists(os.path.join(layout.workdir, records.ENVIRONMENT_FILE)):
     records.write_json(os.path.join(layout.workdir, records.ENVIRONMENT_FILE), env)
+
+
+def extension(workdir: str, stored: Dict[str, Any], requested: Dict[str, Any]
+              ) -> Optional[List[int]]:
+  """The seeds `requested` (sweep.json's settings) adds to the `stored` sweep when it
+  is an extension of it (more seeds, every other setting the same); [] if nothing
+  differs; None if other settings differ. Leaving out stored seeds is a WorkdirError
+  (only --overwrite drops seeds)."""
+  old, new = stored.get('seeds'), requested['seeds']
+  if not isinstance(old, list) or {**stored, 'seeds': new} != requested:
+    return None
+  kept, listed = set(new), set(old)
+  dropped = [s for s in old if s not in kept]
+  if dropped:
+    raise WorkdirError(f'--workdir={workdir} holds a sweep of seeds {seed_ranges(old)}; '
+                       f'seeds {seed_ranges(new)} leave out {len(dropped)} of them '
+                       f'({seed_ranges(dropped)}): list them too to extend the sweep, use '
+                       '--overwrite to start over without them, or choose another workdir')
+  if old != new and listed == kept:
+    return None  # the same seeds in another order: not an extension
+  return [s for s in new if s not in listed]
+
+
+def seed_ranges(seeds: Sequence[int]) -> str:
+  """[0, 1, 2, 3, 7, 9, 10] -> '0-3,7,9-10' (what --seeds reads; order kept)."""
+  parts: List[List[int]] = []
+  for seed in seeds:
+    if parts and seed == parts[-1][1] + 1:
+      parts[-1][1] = seed
+    else:
+      parts.append([seed, seed])
+  return ','.join(str(a) if a == b else f'{a}-{b}' for a, b in parts)
 
 
 @dataclasses.dataclass

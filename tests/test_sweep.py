@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import read, without_timing
+from conftest import crash_at_epoch, read, without_timing
 from mlp_jax.flags import parse_seeds
 from mlp_jax import stats
 from mlp_jax.config import TrainConfig
@@ -177,3 +177,101 @@ def test_overwrite_with_other_seeds_leaves_no_stale_seed(subset, tmp_path, monke
   assert 'holds a complete sweep' in rerun
   final_line = lambda out: [l for l in out.splitlines() if 'final test accuracy' in l][0]
   assert final_line(rerun).split(';')[0] == final_line(result).split(';')[0]
+
+
+def _file_hashes(*roots):
+  """{path: sha256} of every file under the given directories."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  hashes = {}
+  for root in roots:
+    for directory, _, names in os.walk(root):
+      for name in names:
+        path = os.path.join(directory, name)
+        hashes[path] = hashlib.sha256(read(path, 'rb')).hexdigest()
+  return hashes
+
+
+def _statistics(workdir):
+  return {name: read(os.path.join(workdir, name)) for name in ('summary.csv', 'final.csv',
+                                                                'points.csv')}
+
+
+def test_extending_a_sweep_trains_only_the_new_seeds(subset, runs, tmp_path):
+  """Seeds 0-1, then 0-3 on the same workdir, killed once and resumed: the finished
+  seeds' files (and their chunk's checkpoints) keep every byte, the new seeds train
+  in chunks of their own, and every statistic equals the sweep of 0-3 trained at once."""
+  workdir = tmp_path / 'extended'
+  _train(subset, workdir, [0, 1], checkpoint_every=1)
+  old_chunks = sorted(os.listdir(workdir / 'checkpoints'))
+  before = _file_hashes(workdir / 'seed_0', workdir / 'seed_1', workdir / 'checkpoints')
+  assert len(before) > 10
+  # Killed in the new seeds' second epoch: the old statistics are gone, sweep.json lists 0-3.
+  crash = pytest.MonkeyPatch()
+  crash_at_epoch(crash, 2)
+  try:
+    with pytest.raises(RuntimeError, match='crash'):
+      _train(subset, workdir, [0, 1, 2, 3], checkpoint_every=1)
+  finally:
+    crash.undo()
+  assert json.loads(read(workdir / 'sweep.json'))['seeds'] == [0, 1, 2, 3]
+  assert not any((workdir / name).exists() for name in ('final.csv', 'points.csv',
+                                                        'timing.json'))
+  out = _train(subset, workdir, [0, 1, 2, 3], checkpoint_every=1)
+  assert 'resumed 2 seed(s) from their checkpoint after epoch 1' in out
+  assert _file_hashes(workdir / 'seed_0', workdir / 'seed_1',
+                      *(workdir / 'checkpoints' / c for c in old_chunks)) == before
+  new_chunks = sorted(set(os.listdir(workdir / 'checkpoints')) - set(old_chunks))
+  assert len(new_chunks) == 1 and new_chunks[0].startswith('seeds-2-3-')
+  for seed in (2, 3):
+    assert read(workdir / f'seed_{seed}' / 'params.msgpack', 'rb') == read(
+        os.path.join(runs['all4'], f'seed_{seed}', 'params.msgpack'), 'rb')
+  assert _statistics(workdir) == _statistics(runs['all4'])
+  assert json.loads(read(workdir / 'timing.json'))['seed_epochs'] == 2  # the resumed epoch
+  assert os.path.getsize(workdir / 'curves.png') > 0
+  # Complete: a re-run trains nothing and changes nothing.
+  after = _file_hashes(workdir)
+  _train(subset, workdir, [0, 1, 2, 3], checkpoint_every=1)
+  assert _file_hashes(workdir) == after
+
+
+def test_extension_message_and_what_is_refused(subset, tmp_path, capsys):
+  from mlp_jax.workdir import WorkdirError  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / 'sweep'
+  config = CONFIG.replace(epochs=1)
+  _train(subset, workdir, [0, 1], config=config, checkpoint_every=0)
+  before = _file_hashes(workdir)
+  with pytest.raises(WorkdirError, match=r'holds a sweep of seeds 0-1; seeds 1,7 leave out 1 '
+                     r'of them \(0\): .* use --overwrite'):
+    _train(subset, workdir, [1, 7], config=config, checkpoint_every=0)
+  with pytest.raises(WorkdirError, match=r'other settings \(config.learning_rate'):
+    _train(subset, workdir, [0, 1, 2], config=config.replace(learning_rate=0.01),
+           checkpoint_every=0)
+  with pytest.raises(WorkdirError, match=r'other settings \(seeds \[0, 1\] -> \[1, 0\]'):
+    _train(subset, workdir, [1, 0], config=config, checkpoint_every=0)
+  assert _file_hashes(workdir) == before
+  out = _train(subset, workdir, [5, 0, 1], config=config, checkpoint_every=0)
+  assert ('extending ' + str(workdir) + ' by 1 seed(s) (5); its 2 finished seed(s) are kept '
+          'as they are') in out
+  assert [r['seed'] for r in csv.DictReader(open(workdir / 'final.csv'))] == ['5', '0', '1']
+  assert {p: h for p, h in _file_hashes(workdir).items() if 'seed_' in p and 'seed_5' not in p
+          } == {p: h for p, h in before.items() if 'seed_' in p}
+
+
+def test_extending_a_grid_adds_the_seeds_to_every_point(subset, tmp_path):
+  from mlp_jax.grid import Grid  # pylint: disable=g-import-not-at-top
+  grid = Grid((('learning_rate', (0.001, 0.003)),))
+  workdir = tmp_path / 'grid'
+  config = CONFIG.replace(epochs=1)
+  options = RunOptions(tensorboard=False, checkpoint_every=0)
+  run = lambda seeds: train(config, seeds, Layout(str(workdir), sweep=True), options,
+                            sweep_line, started=0.0, dataset=subset, grid=grid)
+  with contextlib.redirect_stdout(io.StringIO()):
+    run([0])
+    points = ['learning_rate=0.001', 'learning_rate=0.003']
+    before = _file_hashes(*(workdir / p / 'seed_0' for p in points))
+    run([0, 1])
+  assert _file_hashes(*(workdir / p / 'seed_0' for p in points)) == before
+  assert all((workdir / p / 'seed_1' / 'params.msgpack').exists() for p in points)
+  assert json.loads(read(workdir / 'sweep.json'))['seeds'] == [0, 1]
+  assert [r['n'] for r in csv.DictReader(open(workdir / 'points.csv'))] == ['2', '2']
+  assert json.loads(read(workdir / 'timing.json'))['seed_epochs'] == 2
