@@ -14,8 +14,14 @@ into --workdir (see mlp_jax.records for the layout):
     points.csv                     per grid point: ranked, Welch vs the best, ensemble
     curves.png, tensorboard/       mean and 95% band, each seed faint behind
     timing.json                    start-up, training, evaluation, host work
+    variance.csv                   a crossed design's variance components
 
-Re-running the same command resumes a killed sweep.
+Re-running the same command resumes a killed sweep; more seeds on a finished
+sweep (`--seeds=0-9`, then `--seeds=0-19`) extend it: only the new seeds train.
+`--init_seeds=0-4 --data_seeds=0-4` instead of --seeds trains a crossed design
+(mlp_jax.crossed): member init_seed=<i>/seed_<j>/ is `mlp_jax.main --init_seed=i
+--seed=j`, and variance.csv splits the variance of final test accuracy into
+initialisation, data order and dropout, and residual.
 """
 
 import time
@@ -23,9 +29,12 @@ import time
 _STARTED = time.perf_counter()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from typing import List, Optional, Tuple
+
 from absl import flags
 
 from mlp_jax import cli
+from mlp_jax.errors import UsageError
 from mlp_jax.flags import (config_from_flags, define_run_flags, define_training_flags,
                            grid_from_flags, parse_seeds, reject_extra_arguments,
                            run_options_from_flags)
@@ -34,18 +43,45 @@ define_training_flags()
 define_run_flags()
 flags.DEFINE_string('seeds', '0-7', 'Seeds to train: ranges and lists, e.g. 0-7, 0,3,9, '
                     '0-3,10-12.')
+flags.DEFINE_string('init_seeds', None, 'With --data_seeds, instead of --seeds: a crossed '
+                    'design, every initialisation seed trained with every data seed (data '
+                    'order and dropout), written to init_seed=<i>/seed_<j>/; variance.csv '
+                    'splits the variance of final test accuracy between them. Ranges and '
+                    'lists as in --seeds, at least 2 seeds.')
+flags.DEFINE_string('data_seeds', None, 'With --init_seeds: the data seeds of a crossed '
+                    'design (member i, j is mlp_jax.main --init_seed=i --seed=j).')
 flags.DEFINE_string('workdir', None, 'Where to write the sweep. Default: a new folder '
-                    'runs/<time>-sweep<first seed>.')
+                    'runs/<time>-sweep<first seed> (a crossed design: runs/<time>-crossed).')
 flags.DEFINE_bool('seed_curves', False, 'Also draw each seed\'s curves.png (after training, '
                   'in parallel processes); the sweep\'s own curves.png is always drawn.')
 FLAGS = flags.FLAGS
 
 
+def crossed_seeds() -> Optional[Tuple[List[int], List[int]]]:
+  """(init seeds, data seeds) of a crossed design, or None for a sweep of --seeds."""
+  given = [name for name in ('init_seeds', 'data_seeds') if FLAGS[name].value is not None]
+  if not given:
+    return None
+  if len(given) == 1:
+    other = 'data_seeds' if given[0] == 'init_seeds' else 'init_seeds'
+    raise UsageError(f'--{given[0]} makes a crossed design together with --{other}, which '
+                     'is missing')
+  if FLAGS['seeds'].present:
+    raise UsageError('--seeds: a crossed design trains the seeds of --init_seeds and '
+                     '--data_seeds; leave --seeds out')
+  return (parse_seeds(FLAGS.init_seeds, 'init_seeds'),
+          parse_seeds(FLAGS.data_seeds, 'data_seeds'))
+
+
 def main(argv):
   reject_extra_arguments(argv)
-  seeds = parse_seeds(FLAGS.seeds)
+  crossed = crossed_seeds()
+  seeds = parse_seeds(FLAGS.seeds) if crossed is None else crossed[1]
   config = config_from_flags(seeds[0], grid=True)
   grid = grid_from_flags()
+  if crossed is not None:
+    from mlp_jax.crossed import check_design
+    check_design(*crossed, config, grid)
   grid.points(config)  # every point's settings checked before anything is written
   options = run_options_from_flags(seed_curves=FLAGS.seed_curves)
   dataset = cli.load_data_meanwhile(config)  # while JAX is imported
@@ -53,7 +89,11 @@ def main(argv):
   from mlp_jax.run import train_sweep
   options = options.replace(program_cache_dir=environment.prepare_process(
       FLAGS.deterministic, FLAGS.compilation_cache_dir))
-  train_sweep(config, seeds, FLAGS.workdir, options, _STARTED, grid, dataset())
+  if crossed is None:
+    train_sweep(config, seeds, FLAGS.workdir, options, _STARTED, grid, dataset())
+  else:
+    from mlp_jax.crossed import train_crossed
+    train_crossed(config, *crossed, FLAGS.workdir, options, _STARTED, dataset())
 
 
 if __name__ == '__main__':

@@ -190,10 +190,11 @@ def reject_extra_arguments(argv) -> None:
     raise UsageError(f'unexpected arguments: {" ".join(argv[1:])} (flags look like --name=value)')
 
 
-def parse_seeds(text: str) -> List[int]:
+def parse_seeds(text: str, flag: str = 'seeds') -> List[int]:
   """'0-3,10,12-13' -> [0, 1, 2, 3, 10, 12, 13]; UsageError on anything else.
 
   Ranges are inclusive; seeds must be non-negative, below 2**32, and listed once.
+  `flag`: the flag the text comes from (--seeds, --init_seeds, --data_seeds).
   """
   seeds: List[int] = []
   for part in text.split(','):
@@ -202,14 +203,14 @@ def parse_seeds(text: str) -> List[int]:
     try:
       first, last = int(low), int(high if sep else low)
     except ValueError:
-      raise UsageError(f'--seeds: {part!r} is not a seed or a range like 0-7 '
+      raise UsageError(f'--{flag}: {part!r} is not a seed or a range like 0-7 '
                        f'(in {text!r})') from None
     if first < 0 or last >= 2**32:
-      raise UsageError(f'--seeds: {part!r} is outside [0, 2**32)')
+      raise UsageError(f'--{flag}: {part!r} is outside [0, 2**32)')
     if last < first:
-      raise UsageError(f'--seeds: range {part!r} runs backwards')
+      raise UsageError(f'--{flag}: range {part!r} runs backwards')
     seeds.extend(range(first, last + 1))
   repeated = sorted(s for s, n in collections.Counter(seeds).items() if n > 1)
   if repeated:
-    raise UsageError(f'--seeds lists seed(s) more than once: {repeated[:10]}')
+    raise UsageError(f'--{flag} lists seed(s) more than once: {repeated[:10]}')
   return seeds

@@ -25,6 +25,8 @@ A sweep directory (`python -m experiments.sweep`):
                                    95% CI), rank, Welch's test against the best, and
                                    the ensemble of its seeds (a sweep without a grid
                                    is one point)
+    variance.csv                   a crossed design's (init_seed=<i>/seed_<j>/):
+                                   variance components of final test accuracy
     curves.png, tensorboard/       mean and 95% band (per point); the mean per epoch
     timing.json, checkpoints/      as above, for all the seeds
 
@@ -66,6 +68,7 @@ SWEEP_FILE = 'sweep.json'
 SUMMARY_FILE = 'summary.csv'
 FINAL_FILE = 'final.csv'
 POINTS_FILE = 'points.csv'
+VARIANCE_FILE = 'variance.csv'  # a crossed design's (mlp_jax.crossed)
 SEED_DIR = 'seed_{}'
 
 EPOCH_COLUMN = 'epoch'
@@ -80,7 +83,7 @@ DIVERGED_COLUMN = 'diverged_at_epoch'
 RUN_ENTRIES = (CONFIG_FILE, ENVIRONMENT_FILE, HISTORY_FILE, PARAMS_FILE, TIMING_FILE,
                CURVES_FILE, TENSORBOARD_DIR, CHECKPOINT_DIR)
 SWEEP_ENTRIES = (SWEEP_FILE, ENVIRONMENT_FILE, SUMMARY_FILE, FINAL_FILE, POINTS_FILE,
-                 CURVES_FILE, TENSORBOARD_DIR, TIMING_FILE, CHECKPOINT_DIR)
+                 VARIANCE_FILE, CURVES_FILE, TENSORBOARD_DIR, TIMING_FILE, CHECKPOINT_DIR)
 
 
 def seed_dir(sweep_dir: str, seed: int) -> str:
