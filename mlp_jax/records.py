@@ -70,6 +70,9 @@ FINAL_FILE = 'final.csv'
 POINTS_FILE = 'points.csv'
 VARIANCE_FILE = 'variance.csv'  # a crossed design's (mlp_jax.crossed)
 SEED_DIR = 'seed_{}'
+# The mark of a folder mlp_jax made (mlp_jax.workdir.claim): what made it, and the
+# settings it was made for.
+MARKER_FILE = '.mlp_jax.json'
 
 EPOCH_COLUMN = 'epoch'
 METRIC_COLUMNS = ('train_loss', 'train_accuracy', 'test_loss', 'test_accuracy')
@@ -79,7 +82,8 @@ HISTORY_COLUMNS = (EPOCH_COLUMN,) + METRIC_COLUMNS + TIMING_COLUMNS
 # final.csv's column naming the first epoch with a non-finite loss (empty: none).
 DIVERGED_COLUMN = 'diverged_at_epoch'
 
-# What a run and a sweep write at their top level, removed by --overwrite (nothing else).
+# What a run and a sweep write at their top level, removed by --overwrite (nothing else;
+# the marker stays, rewritten for the new settings).
 RUN_ENTRIES = (CONFIG_FILE, ENVIRONMENT_FILE, HISTORY_FILE, PARAMS_FILE, TIMING_FILE,
                CURVES_FILE, TENSORBOARD_DIR, CHECKPOINT_DIR)
 SWEEP_ENTRIES = (SWEEP_FILE, ENVIRONMENT_FILE, SUMMARY_FILE, FINAL_FILE, POINTS_FILE,

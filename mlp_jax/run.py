@@ -32,7 +32,8 @@ from mlp_jax.program_cache import ProgramCache
 from mlp_jax.train import program_config
 from mlp_jax.progress import Progress
 from mlp_jax.sink import render_curves
-from mlp_jax.workdir import WorkdirError, lock, refuse_other_settings, remove_entries
+from mlp_jax.workdir import (RUN, SWEEP, WorkdirError, claim, is_ours, lock,
+                             refuse_other_settings, remove_entries, write_marker)
 
 def default_workdir(name: str) -> str:
   """A new folder runs/<date>-<time>-<name>."""
@@ -160,21 +161,29 @@ def prepare_run_dirs(members: Sequence[Member], env: Dict[str, Any], overwrite: 
                      write: bool) -> None:
   """Checks each seed's run directory against its config and, if `write`, sets it up.
 
-  A directory holding a run with other settings is refused (naming them) unless
-  `overwrite`, which deletes that run's records. A new one gets config.json and
-  environment.json. With several processes only process 0 writes.
+  Every directory is checked before any is written. A directory that is not
+  provably mlp_jax's is refused (workdir.claim), with or without `overwrite`; a
+  lost config.json is restored from the run's marker. One holding a run with
+  other settings is refused (naming them) unless `overwrite`, which deletes that
+  run's records. A new one gets the marker, config.json and environment.json.
+  With several processes only process 0 writes.
   """
   for member in members:
     config_path = os.path.join(member.run_dir, records.CONFIG_FILE)
+    claim(member.run_dir, RUN, flag='', write=write)
     if os.path.exists(config_path) and not overwrite:
       refuse_other_settings(member.run_dir, records.read_json_object(config_path),
                             member.config.to_dict())
-    if not write:
-      continue
+  if not write:
+    return
+  for member in members:
+    config_path = os.path.join(member.run_dir, records.CONFIG_FILE)
     if overwrite:
       remove_entries(member.run_dir, records.RUN_ENTRIES)
     os.makedirs(member.run_dir, exist_ok=True)
     if not os.path.exists(config_path):
+      # The marker first: it makes the folder provably ours, and restores config.json.
+      write_marker(member.run_dir, RUN, member.config.to_dict())
       records.write_bytes_atomic(config_path, member.config.to_json().encode())
     # Checked apart from config.json: a full disk may have come between the two.
     if not os.path.exists(os.path.join(member.run_dir, records.ENVIRONMENT_FILE)):
@@ -206,6 +215,7 @@ def prepare_sweep_dir(layout: Layout, settings: Dict[str, Any], members: Sequenc
     remove_entries(layout.workdir, [e for e in records.SWEEP_ENTRIES if e not in (
         records.SWEEP_FILE, records.ENVIRONMENT_FILE, records.CHECKPOINT_DIR)])
     records.write_json(path, settings)
+    write_marker(layout.workdir, SWEEP, settings)
     print(f'sweep: extending {layout.workdir} by {len(extended)} seed(s) '
           f'({seed_ranges(extended)}); its {len(settings["seeds"]) - len(extended)} finished '
           'seed(s) are kept as they are', flush=True)
@@ -213,7 +223,9 @@ def prepare_sweep_dir(layout: Layout, settings: Dict[str, Any], members: Sequenc
     previous = (records.sweep_run_dirs(records.read_json_object(path))
                 if os.path.exists(path) else [])
     kept = {os.path.relpath(m.run_dir, layout.workdir) for m in members}
-    dropped = sorted(set(previous) - kept)
+    # Only folders provably a run of mlp_jax's are deleted; anything else stays.
+    dropped = sorted(d for d in set(previous) - kept
+                     if is_ours(os.path.join(layout.workdir, d), RUN))
     remove_entries(layout.workdir, [*records.SWEEP_ENTRIES, *dropped])
     for run_dir in dropped:  # and a grid's point directories left empty
       parent = os.path.dirname(run_dir)
@@ -222,6 +234,7 @@ def prepare_sweep_dir(layout: Layout, settings: Dict[str, Any], members: Sequenc
         os.rmdir(os.path.join(layout.workdir, parent))
         parent = os.path.dirname(parent)
   if not os.path.exists(path):
+    write_marker(layout.workdir, SWEEP, settings)  # first: see prepare_run_dirs
     records.write_json(path, settings)
   if not os.path.exists(os.path.join(layout.workdir, records.ENVIRONMENT_FILE)):
     records.write_json(os.path.join(layout.workdir, records.ENVIRONMENT_FILE), env)
@@ -285,7 +298,10 @@ def train(config: TrainConfig, seeds: Sequence[int], layout: Layout, options: Ru
   for point in points:
     point.config.validate(train_size=len(dataset.train_labels))
   timing = DriverTiming()
+  kind = SWEEP if layout.sweep else RUN
+  claim(layout.workdir, kind, write=False)  # before the lock file: a folder not ours stays so
   with lock(layout.workdir, jax.process_index()), writing_in(layout.workdir):
+    claim(layout.workdir, kind, write=jax.process_index() == 0)
     layout.refuse_the_other_layout()
     members = [layout.member(p.config.replace(seed=s), p) for p in points for s in seeds]
     groups = program_groups(members, lambda m: program_config(m.config))
@@ -311,6 +327,8 @@ def train(config: TrainConfig, seeds: Sequence[int], layout: Layout, options: Ru
     env = environment.describe(dataset)
     first = jax.process_index() == 0
     if layout.sweep:
+      # Every seed's folder checked before the sweep's own records change (--overwrite).
+      prepare_run_dirs(members, env, options.overwrite, write=False)
       prepare_sweep_dir(layout, sweep_settings(members[0].config, seeds, grid), members, env,
                         options.overwrite, write=first)
     prepare_run_dirs(members, env, options.overwrite, write=first)

@@ -5,6 +5,12 @@
   the next one; a live owner makes the next one fail with its pid.
 - `check_settings(...)`: a workdir that holds a run with other settings is
   refused, naming each difference; `--overwrite` starts over on purpose.
+- `claim(path, kind)`: a folder is written to only if it is new, empty, or
+  provably mlp_jax's: it holds the marker a run or sweep writes first
+  (records.MARKER_FILE), or settings files in mlp_jax's own format. Anything else
+  is refused, with or without --overwrite, which deletes only a run's own records.
+  A lost config.json or sweep.json is restored from the marker, never from the
+  command line.
 - `StopRequests`: SIGTERM and SIGINT ask the training loop to stop at the next
   epoch boundary, after a checkpoint; a second signal stops at once.
 """
@@ -19,11 +25,16 @@ import os
 import shutil
 import signal
 import socket
-from typing import Any, Dict, Iterable, Iterator, Mapping, Optional
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional
 
+from mlp_jax import records
+from mlp_jax.config import TrainConfig
 from mlp_jax.errors import UsageError
 
 LOCK_FILE = '.lock'
+RUN, SWEEP = 'run', 'sweep'
+# What the marker says made the folder.
+MARKER_PROJECT = 'mlp_jax'
 
 
 class WorkdirError(UsageError):
@@ -43,6 +54,7 @@ def lock(workdir: str, process_index: int = 0, flag: str = '--workdir') -> Itera
   (`.lock`, `.lock.1`, ...), so they share the workdir while a second job is refused.
   """
   name = LOCK_FILE if process_index == 0 else f'{LOCK_FILE}.{process_index}'
+  refuse_a_file(workdir, flag)
   try:
     os.makedirs(workdir, exist_ok=True)
     fd = os.open(os.path.join(workdir, name), os.O_RDWR | os.O_CREAT, 0o644)
@@ -63,6 +75,148 @@ def lock(workdir: str, process_index: int = 0, flag: str = '--workdir') -> Itera
     yield
   finally:
     os.close(fd)  # closing releases the lock
+
+
+def refuse_a_file(path: str, flag: str = '--workdir') -> None:
+  """WorkdirError if `path` exists and is not a directory (it is not ours to replace);
+  `flag`: the flag that named it ('' for a folder within one)."""
+  if os.path.lexists(path) and not os.path.isdir(path):
+    where = f'{flag}={path}' if flag else path
+    raise WorkdirError(f'{where} is a file, not a directory; choose a directory')
+
+
+def _settings_file(kind: str) -> str:
+  return records.SWEEP_FILE if kind == SWEEP else records.CONFIG_FILE
+
+
+def read_marker(path: str) -> Optional[Dict[str, Any]]:
+  """The marker mlp_jax wrote into the folder `path`, or None if it has none (or a
+  file of that name that is not one)."""
+  try:
+    with open(os.path.join(path, records.MARKER_FILE)) as f:
+      marker = json.load(f)
+  except (OSError, ValueError):
+    return None
+  if not isinstance(marker, dict) or marker.get('project') != MARKER_PROJECT:
+    return None
+  return marker
+
+
+def write_marker(path: str, kind: str, settings: Mapping[str, Any]) -> None:
+  """Marks `path` as a folder of mlp_jax's, holding a `kind` made for `settings`
+  (what its config.json or sweep.json holds: what restores a lost one)."""
+  from mlp_jax import __version__  # pylint: disable=g-import-not-at-top
+  records.write_json(os.path.join(path, records.MARKER_FILE), {
+      'project': MARKER_PROJECT, 'version': __version__, 'kind': kind,
+      'settings_file': _settings_file(kind), 'settings': dict(settings),
+      'entries': list(records.SWEEP_ENTRIES if kind == SWEEP else records.RUN_ENTRIES)})
+
+
+def _written_by_us(path: str, check) -> bool:
+  """Whether the JSON file `path` is exactly what records.write_json makes of an
+  object that passes `check`: how folders written before the marker existed are
+  recognised."""
+  try:
+    with open(path) as f:
+      text = f.read()
+    obj = json.loads(text)
+  except (OSError, ValueError):
+    return False
+  if not isinstance(obj, dict) or text != json.dumps(obj, indent=2, sort_keys=True) + '\n':
+    return False
+  try:
+    return bool(check(obj))
+  except (TypeError, ValueError, UsageError):
+    return False
+
+
+def _is_config(obj: Dict[str, Any]) -> bool:
+  return TrainConfig.from_dict(obj).to_dict() == obj
+
+
+def _is_sweep_settings(obj: Dict[str, Any]) -> bool:
+  return (isinstance(obj.get('seeds'), list) and isinstance(obj.get('config'), dict) and
+          set(obj) <= {'seeds', 'config', 'grid'})
+
+
+def _is_environment(obj: Dict[str, Any]) -> bool:
+  return {'versions', 'backend', 'device_kind', 'platform'} <= set(obj)
+
+
+def _written_before_markers(path: str, kind: str) -> bool:
+  """A folder of an earlier version of mlp_jax (no marker): its settings file and
+  environment.json (if there is one yet) are in the form mlp_jax writes."""
+  check = _is_sweep_settings if kind == SWEEP else _is_config
+  environment = os.path.join(path, records.ENVIRONMENT_FILE)
+  return (_written_by_us(os.path.join(path, _settings_file(kind)), check) and
+          (not os.path.exists(environment) or _written_by_us(environment, _is_environment)))
+
+
+def _contents(path: str) -> List[str]:
+  """The entries of the folder `path` but the lock files (which any run may leave)."""
+  if not os.path.isdir(path):
+    return []
+  return sorted(n for n in os.listdir(path)
+                if n != LOCK_FILE and not n.startswith(LOCK_FILE + '.'))
+
+
+def is_ours(path: str, kind: str) -> bool:
+  """Whether the folder `path` provably holds a `kind` of mlp_jax's (its marker, or
+  settings written by an earlier version); never raises."""
+  if not os.path.isdir(path):
+    return False
+  marker = read_marker(path)
+  return marker.get('kind') == kind if marker else _written_before_markers(path, kind)
+
+
+def claim(path: str, kind: str, flag: str = '--workdir', write: bool = True,
+          quiet: bool = False) -> bool:
+  """Checks that mlp_jax may write a `kind` (RUN or SWEEP) into the folder `path`
+  (named by `flag`, '' for a folder within a workdir); True if it holds one
+  already, False if it is new or empty.
+
+  Ours: a folder with mlp_jax's marker of this kind, or one written by an earlier
+  version (its settings in mlp_jax's form; the marker is then added if `write`).
+  A lost settings file is restored from the marker (if `write`; saying so unless
+  `quiet`), never made from today's flags.
+
+  Raises:
+    WorkdirError: `path` is a file, holds files mlp_jax did not write, holds the
+      other kind, or lost its settings file without a marker to restore it from.
+  """
+  refuse_a_file(path, flag)
+  where = f'{flag}={path}' if flag else path
+  entries = _contents(path)
+  if not entries or entries == [records.MARKER_FILE]:
+    return False  # new, or marked by a run stopped before it wrote anything
+  settings_path = os.path.join(path, _settings_file(kind))
+  marker = read_marker(path)
+  if marker is None:
+    if _written_before_markers(path, RUN if kind == SWEEP else SWEEP):
+      return True  # the caller names the other layout (run.Layout.refuse_the_other_layout)
+    if not _written_before_markers(path, kind):
+      shown = ', '.join(entries[:4]) + (f' and {len(entries) - 4} more' if len(entries) > 4
+                                        else '')
+      raise WorkdirError(f'{where} holds files mlp_jax did not write ({shown}); choose a new '
+                         "or empty directory (--overwrite deletes only mlp_jax's own records)")
+    if write:
+      write_marker(path, kind, records.read_json_object(settings_path))
+    return True
+  if marker.get('kind') != kind:
+    return True  # the caller names the other layout
+  if not os.path.exists(settings_path):
+    settings = marker.get('settings')
+    if not isinstance(settings, dict):
+      raise WorkdirError(f'{where}: {_settings_file(kind)} is missing and '
+                         f'{records.MARKER_FILE} does not record the settings; use '
+                         '--overwrite to start over, or choose another directory')
+    if write:
+      records.write_json(settings_path, settings)
+      if not quiet:
+        print(f'mlp_jax: {settings_path} was missing; restored from '
+              f'{os.path.join(path, records.MARKER_FILE)}, written when the '
+              f'{kind} started', flush=True)
+  return True
 
 
 # A settings-conflict message names at most this many differences (then "and N more").

@@ -14,6 +14,7 @@ from conftest import REPO, mnist_subset, read
 from mlp_jax import records
 from mlp_jax.config import TrainConfig
 from mlp_jax.run import Layout, RunOptions, epoch_line, sweep_line, train
+from mlp_jax.workdir import WorkdirError
 
 CONFIG = TrainConfig(epochs=2, batch_size=128)
 
@@ -44,3 +45,126 @@ def test_a_closed_or_failing_console_costs_no_record(tmp_path, cache_dir):
     assert process.wait(timeout=300) == 0
   assert records.is_complete(str(workdir))
   assert len(records.read_history(str(workdir / records.HISTORY_FILE)).rows) == 1
+
+
+def _one_line(error):
+  text = str(error.value)
+  assert '\n' not in text and len(text) < 300, text
+  return text
+
+
+def _tree(path):
+  """{relative path: bytes} of every file under `path`."""
+  found = {}
+  for root, _, files in os.walk(path):
+    for name in files:
+      full = os.path.join(root, name)
+      found[os.path.relpath(full, path)] = read(full, 'rb')
+  return found
+
+
+@pytest.fixture(scope='module')
+def finished(tiny, tmp_path_factory):
+  """A finished 1-epoch run, to copy."""
+  path = tmp_path_factory.mktemp('finished') / 'run'
+  _train(tiny, path, config=CONFIG.replace(epochs=1))
+  return path
+
+
+def test_a_lost_config_is_restored_from_the_run_never_from_todays_flags(tiny, finished,
+                                                                        tmp_path, capsys):
+  import shutil  # pylint: disable=g-import-not-at-top
+  path = tmp_path / 'run'
+  shutil.copytree(finished, path)
+  original = read(path / records.CONFIG_FILE)
+  os.remove(path / records.CONFIG_FILE)
+  with pytest.raises(WorkdirError) as error:
+    _train(tiny, path, config=CONFIG.replace(epochs=1, learning_rate=0.01))
+  assert 'learning_rate 0.001 -> 0.01' in _one_line(error)
+  assert read(path / records.CONFIG_FILE) == original
+  assert 'config.json was missing; restored from' in capsys.readouterr().out
+  # Lost again: the run's own command finds it complete, with its own settings.
+  os.remove(path / records.CONFIG_FILE)
+  assert not _train(tiny, path, config=CONFIG.replace(epochs=1)).trained
+  assert read(path / records.CONFIG_FILE) == original
+  assert records.load_config(str(path)) == CONFIG.replace(epochs=1)
+
+
+def test_a_lost_config_without_the_runs_marker_is_refused(tiny, finished, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  path = tmp_path / 'run'
+  shutil.copytree(finished, path)
+  os.remove(path / records.CONFIG_FILE)
+  os.remove(path / records.MARKER_FILE)
+  before = _tree(path)
+  for overwrite in (False, True):
+    with pytest.raises(WorkdirError, match='holds files mlp_jax did not write'):
+      _train(tiny, path, config=CONFIG.replace(epochs=1, hidden_sizes=(64,)),
+             overwrite=overwrite)
+  assert _tree(path) == before
+
+
+def _users_folder(path):
+  """A folder of the user's own: a history, checkpoints (one of 'epoch 7'), events."""
+  (path / 'checkpoints' / '7').mkdir(parents=True)
+  (path / 'checkpoints' / '7' / 'state').write_text('mine')
+  (path / 'tensorboard').mkdir()
+  (path / 'tensorboard' / 'events.out').write_text('mine')
+  (path / records.HISTORY_FILE).write_text('epoch,loss\n1,0.5\n')
+  return _tree(path)
+
+
+@pytest.mark.parametrize('sweep', [False, True])
+@pytest.mark.parametrize('overwrite', [False, True])
+def test_a_folder_of_the_users_is_refused_and_left_untouched(tiny, tmp_path, sweep, overwrite):
+  path = tmp_path / 'mine'
+  before = _users_folder(path)
+  with pytest.raises(WorkdirError) as error:
+    _train(tiny, path, [0, 1] if sweep else [0], sweep=sweep, overwrite=overwrite)
+  assert f'--workdir={path} holds files mlp_jax did not write' in _one_line(error)
+  assert sorted(os.listdir(path)) == ['checkpoints', 'history.csv', 'tensorboard']  # no .lock
+  assert _tree(path) == before
+
+
+def test_a_seed_folder_of_the_users_is_refused_before_anything_is_written(tiny, tmp_path):
+  path = tmp_path / 'sweep'
+  _train(tiny, path, [0], sweep=True, config=CONFIG.replace(epochs=1))
+  before, mine = _tree(path), _users_folder(path / 'seed_1')
+  with pytest.raises(WorkdirError) as error:
+    _train(tiny, path, [0, 1], sweep=True, config=CONFIG.replace(epochs=1), overwrite=True)
+  assert f'{path / "seed_1"} holds files mlp_jax did not write' in _one_line(error)
+  assert _tree(path) == {**before, **{f'seed_1/{k}': v for k, v in mine.items()}}
+
+
+@pytest.mark.parametrize('where', ['workdir', 'seed_1'])
+def test_a_file_where_a_folder_goes_is_named(tiny, tmp_path, where):
+  path = tmp_path / 'sweep'
+  target = path if where == 'workdir' else path / 'seed_1'
+  if where == 'seed_1':  # in a sweep of seed 0, now asked for seeds 0-1
+    _train(tiny, path, [0], sweep=True, config=CONFIG.replace(epochs=1))
+  target.parent.mkdir(parents=True, exist_ok=True)
+  target.write_text('mine')
+  with pytest.raises(WorkdirError) as error:
+    _train(tiny, path, [0, 1], sweep=True, config=CONFIG.replace(epochs=1), overwrite=True)
+  assert f'{target} is a file, not a directory' in _one_line(error)
+  assert target.read_text() == 'mine'
+
+
+def test_overwrite_deletes_only_the_runs_own_records(tiny, finished, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  path = tmp_path / 'run'
+  shutil.copytree(finished, path)
+  (path / 'notes.txt').write_text('mine')
+  _train(tiny, path, config=CONFIG.replace(epochs=1, learning_rate=0.01), overwrite=True)
+  assert (path / 'notes.txt').read_text() == 'mine'
+  assert records.load_config(str(path)).learning_rate == 0.01 and records.is_complete(str(path))
+
+
+def test_a_run_written_before_markers_still_resumes(tiny, finished, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  path = tmp_path / 'run'
+  shutil.copytree(finished, path)
+  os.remove(path / records.MARKER_FILE)
+  assert not _train(tiny, path, config=CONFIG.replace(epochs=1)).trained
+  assert os.path.exists(path / records.MARKER_FILE)
+
