@@ -29,8 +29,10 @@ holds sweep.json and one run directory seed_<k>/ per seed). The report lists:
       verdict: DIFFERENT (reason; reason; ...)
     IDENTICAL means: the same seeds on both sides, the same epochs for every
     seed, the same metric columns, and every metric cell of history.csv equal
-    AS TEXT (no numeric tolerance: '0.9676' and '0.96760005' differ). Nothing
-    to compare (no common seed, no epoch) is DIFFERENT. Settings and
+    AS TEXT (no numeric tolerance: '0.9676' and '0.96760005' differ), each
+    compared run complete (every epoch its config.json asks for recorded: a run
+    still training, or killed, is named as incomplete). Nothing to compare (no
+    common seed, no epoch) is DIFFERENT. Settings and
     environment differences are listed but do not by themselves decide the
     verdict: the verdict is about the numbers a run produced.
 
@@ -49,8 +51,9 @@ Which runs are compared:
     seed k that is said, settings are compared with sweep.json's `config`, and
     the verdict is DIFFERENT.
 
-The picture (--output, default ./compare.png; --output= draws none) overlays
-the train and test accuracy and loss curves of A and B: a run as its curve, a
+The picture (--output=FILE, a .png, .pdf or .svg ...; --output=DIR writes
+DIR/compare.png; none without --output) overlays the train and test accuracy
+and loss curves of A and B: a run as its curve, a
 sweep as the mean over its seeds with a 95% band (over the epochs all its seeds
 have reached).
 
@@ -91,8 +94,9 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   """Defines this tool's flags (called only when it runs, so importing it defines none)."""
   flags.DEFINE_bool('require_identical', False, 'Exit with status 1 unless the verdict is '
                     'IDENTICAL.', flag_values=flag_values)
-  flags.DEFINE_string('output', 'compare.png', 'Where to write the picture of both sides\' '
-                      'curves; empty: draw none.', flag_values=flag_values)
+  flags.DEFINE_string('output', '', 'Where to write the picture of both sides\' curves: a '
+                      'file (.png, .pdf, .svg, ...) or a directory (DIR/compare.png). '
+                      'Default: no picture.', flag_values=flag_values)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -466,6 +470,38 @@ def side_curves(side: Side) -> Optional[Dict[str, np.ndarray]]:
   return curves
 
 
+# What --output may end in: the formats matplotlib's Agg, PDF, PS and SVG backends write.
+OUTPUT_FORMATS = ('.png', '.pdf', '.svg', '.svgz', '.eps', '.ps', '.jpg', '.jpeg', '.tif',
+                  '.tiff', '.webp')
+# The picture's name in a directory given as --output.
+OUTPUT_NAME = 'compare.png'
+
+
+def output_path(value: str) -> Optional[str]:
+  """--output made concrete before anything is read or written: the file the picture
+  goes to (a directory's compare.png), or None for no picture.
+
+  Raises:
+    UsageError: an extension matplotlib does not write, or a directory that does
+      not exist to hold the file (one line naming --output).
+  """
+  if not value:
+    return None
+  if os.path.isdir(value) or value.endswith(os.sep):
+    if not os.path.isdir(value):
+      raise UsageError(f'--output={value}: no such directory')
+    return os.path.join(value, OUTPUT_NAME)
+  extension = os.path.splitext(value)[1].lower()
+  if extension not in OUTPUT_FORMATS:
+    raise UsageError(f'--output={value}: expected a file ending in '
+                     f'{", ".join(OUTPUT_FORMATS[:3])} (or {", ".join(OUTPUT_FORMATS[3:])}) '
+                     f'or an existing directory, got {extension or "no extension"!r}')
+  parent = os.path.dirname(os.path.abspath(value))
+  if not os.path.isdir(parent):
+    raise UsageError(f'--output={value}: its directory {parent} does not exist')
+  return value
+
+
 def write_plot(a: Side, b: Side, path: str) -> None:
   """Draws both sides' curves into one PNG (see the module docstring)."""
   from mlp_jax import plots, stats  # pylint: disable=g-import-not-at-top
@@ -567,11 +603,38 @@ def compare(a: Side, b: Side) -> Tuple[List[str], List[str], str]:
   comparison = compare_histories(pairing.pairs)
   single = isinstance(a, Run) and isinstance(b, Run)
   history, reasons = history_lines(comparison, pairing, single)
-  lines += history + final_accuracy_lines(a, b)
+  incomplete = incomplete_records(pairing.pairs)
+  reasons += incomplete
+  lines += history + [f'records: {r}' for r in incomplete]
+  lines += final_accuracy_lines(a, b)
   causes = likely_causes(pairing.settings[1:], pairing.environments) if reasons else []
   if causes:
     lines.append(f'likely reason for differing bits: {"; ".join(causes)}')
   return lines, reasons, compared_size(comparison)
+
+
+def _missing_epochs(run: Run) -> Optional[str]:
+  """'1 of 3 epochs recorded' if `run` has not recorded every epoch its config asks
+  for (still training, or stopped), else None."""
+  epochs = run.config.get('epochs')
+  if not isinstance(epochs, int) or isinstance(epochs, bool):
+    return None
+  recorded = len(set(run.history.rows) & set(range(1, epochs + 1)))
+  return None if recorded == epochs else f'{recorded} of {epochs} epochs recorded'
+
+
+def incomplete_records(pairs: Sequence[Tuple[int, Run, Run]]) -> List[str]:
+  """A reason per side with a compared run that is not complete: identity is
+  claimed only of finished runs ('B incomplete: seed_3 1 of 3 epochs recorded')."""
+  reasons = []
+  for name, index in (('A', 1), ('B', 2)):
+    found = [(pair[index], why) for pair in pairs
+             if (why := _missing_epochs(pair[index])) is not None]
+    if found:
+      run, why = found[0]
+      more = f' and {plural(len(found) - 1, "more run")}' if len(found) > 1 else ''
+      reasons.append(f'{name} incomplete: {run.path} has {why}{more}')
+  return reasons
 
 
 def main(argv: Sequence[str]) -> None:
@@ -579,13 +642,14 @@ def main(argv: Sequence[str]) -> None:
   if len(paths) != 2:
     raise UsageError('expected two directories, each a run or a sweep: python -m '
                      'experiments.compare A B [--require_identical] [--output=compare.png]')
+  plot = output_path(FLAGS.output)
   a, b = load_side(paths[0]), load_side(paths[1])
   lines, reasons, size = compare(a, b)
   for line in lines:
     print(line)
-  if FLAGS.output:
-    write_plot(a, b, FLAGS.output)
-    print(f'plot: {FLAGS.output}')
+  if plot:
+    write_plot(a, b, plot)
+    print(f'plot: {plot}')
   if reasons:
     print(f'verdict: DIFFERENT ({"; ".join(reasons)})')
   else:

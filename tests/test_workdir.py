@@ -13,6 +13,7 @@ import pytest
 from conftest import REPO, mnist_subset, read
 from mlp_jax import records
 from mlp_jax.config import TrainConfig
+from mlp_jax.errors import UsageError
 from mlp_jax.run import Layout, RunOptions, epoch_line, sweep_line, train
 from mlp_jax.workdir import WorkdirError
 
@@ -168,3 +169,43 @@ def test_a_run_written_before_markers_still_resumes(tiny, finished, tmp_path):
   assert not _train(tiny, path, config=CONFIG.replace(epochs=1)).trained
   assert os.path.exists(path / records.MARKER_FILE)
 
+
+# ----------------------------------------------------------------------------- compare
+
+
+def test_identity_is_never_claimed_against_an_incomplete_run(tmp_path):
+  """A finished 1-epoch run against a 3-epoch run stopped after its first epoch."""
+  from test_compare import compare, write_run  # pylint: disable=g-import-not-at-top
+  a = write_run(tmp_path / 'a', epochs=1)
+  b = write_run(tmp_path / 'b', epochs=1, config={'epochs': 3})
+  result = compare(a, b, '--require_identical')
+  assert result.returncode == 1, result.stderr
+  last = result.stdout.strip().splitlines()[-1]
+  assert last == f'verdict: DIFFERENT (B incomplete: {b} has 1 of 3 epochs recorded)', last
+
+
+def test_a_bad_output_is_one_line_before_anything_is_done(tmp_path):
+  from experiments.compare import output_path  # pylint: disable=g-import-not-at-top
+  from test_compare import compare, write_run  # pylint: disable=g-import-not-at-top
+  for output, expected in (('picture', "got 'no extension'"),
+                           (str(tmp_path / 'missing') + os.sep, 'no such directory'),
+                           (str(tmp_path / 'missing' / 'a.png'), 'does not exist')):
+    with pytest.raises(UsageError, match=expected):
+      output_path(output)
+  a, b = write_run(tmp_path / 'a'), write_run(tmp_path / 'b')
+  result = compare(a, b, cwd=tmp_path, plot='picture.unknown')
+  assert result.returncode == 2 and result.stdout == '', result.stdout
+  assert result.stderr == ("error: --output=picture.unknown: expected a file ending in .png, "
+                           ".pdf, .svg (or .svgz, .eps, .ps, .jpg, .jpeg, .tif, .tiff, .webp) "
+                           "or an existing directory, got '.unknown'\n")
+  assert sorted(os.listdir(tmp_path)) == ['a', 'b']
+
+
+def test_output_a_directory_is_its_compare_png_as_printed(tmp_path):
+  from test_compare import compare, write_run  # pylint: disable=g-import-not-at-top
+  a, b = write_run(tmp_path / 'a'), write_run(tmp_path / 'b')
+  (tmp_path / 'out').mkdir()
+  result = compare(a, b, plot=tmp_path / 'out')
+  assert result.returncode == 0, result.stderr
+  written = tmp_path / 'out' / 'compare.png'
+  assert f'plot: {written}' in result.stdout and os.path.getsize(written) > 10_000
