@@ -7,6 +7,22 @@ from typing import Mapping, Sequence, Tuple
 
 import numpy as np
 
+from mlp_jax import metrics as metric_spec
+
+# How each split's curves are drawn: colour in a run's pictures, line style in compare's.
+SPLIT_COLORS = {metric_spec.TRAIN: 'tab:blue', metric_spec.TEST: 'tab:orange',
+                metric_spec.VALIDATION: 'tab:green'}
+SPLIT_STYLES = {metric_spec.TRAIN: '--', metric_spec.TEST: '-', metric_spec.VALIDATION: ':'}
+
+
+def splits_in(curves: Mapping[str, np.ndarray]) -> Tuple[str, ...]:
+  """The splits whose loss and accuracy `curves` (history columns) hold, in the
+  order of mlp_jax.metrics."""
+  present = metric_spec.in_columns(curves)
+  return tuple(dict.fromkeys(m.split for m in present
+                             if f'{m.split}_{metric_spec.LOSS}' in curves
+                             and f'{m.split}_{metric_spec.ACCURACY}' in curves))
+
 
 def import_matplotlib() -> None:
   """Imports the matplotlib modules every picture needs: ~0.5 s that a thread with
@@ -42,10 +58,12 @@ def axes_pair(title: str):
 
 
 def plot_history(history: Mapping[str, np.ndarray], path: str, title: str) -> None:
-  """Train and test accuracy and loss of one run, per epoch, written as a PNG."""
+  """Accuracy and loss of each split (train, test, validation if held out) of one
+  run, per epoch, written as a PNG."""
   fig, acc_ax, loss_ax = axes_pair(title)
   epochs = history['epoch']
-  for split, color in (('train', 'tab:blue'), ('test', 'tab:orange')):
+  splits = splits_in(history)
+  for split, color in ((split, SPLIT_COLORS[split]) for split in splits):
     acc_ax.plot(epochs, history[f'{split}_accuracy'], color=color, label=split,
                 marker=_marker(epochs))
     loss_ax.plot(epochs, history[f'{split}_loss'], color=color, label=split,
@@ -53,8 +71,8 @@ def plot_history(history: Mapping[str, np.ndarray], path: str, title: str) -> No
   final = history['test_accuracy'][-1]
   acc_ax.annotate(f'final test {final:.4f}', xy=(epochs[-1], final), xytext=(-110, -30),
                   textcoords='offset points', arrowprops={'arrowstyle': '->'})
-  acc_ax.set_ylim(max(0.0, min(np.min(history['test_accuracy']),
-                               np.min(history['train_accuracy'])) - 0.01), 1.0005)
+  acc_ax.set_ylim(max(0.0, min(np.min(history[f'{split}_accuracy']) for split in splits)
+                      - 0.01), 1.0005)
   for ax in (acc_ax, loss_ax):
     ax.legend()
   _single_epoch_axis((acc_ax, loss_ax), epochs)
@@ -88,8 +106,8 @@ def plot_band(curves: Mapping[str, np.ndarray], path: str, title: str) -> None:
   """Curves of many runs: each run faint, the mean bold with a 95% band.
 
   Args:
-    curves: metric name -> float[runs, epochs] for the four history metrics,
-      plus 'epoch' -> int[epochs].
+    curves: metric name -> float[runs, epochs] for the history metrics
+      (mlp_jax.metrics), plus 'epoch' -> int[epochs].
     path: PNG to write.
     title: figure title.
   """
@@ -97,7 +115,8 @@ def plot_band(curves: Mapping[str, np.ndarray], path: str, title: str) -> None:
   from mlp_jax.stats import mean_ci  # pylint: disable=g-import-not-at-top
   fig, acc_ax, loss_ax = axes_pair(title)
   epochs = curves['epoch']
-  for split, color in (('train', 'tab:blue'), ('test', 'tab:orange')):
+  splits = splits_in(curves)
+  for split, color in ((split, SPLIT_COLORS[split]) for split in splits):
     for ax, metric in ((acc_ax, f'{split}_accuracy'), (loss_ax, f'{split}_loss')):
       values = curves[metric]
       if len(epochs) == 1:
@@ -117,7 +136,7 @@ def plot_band(curves: Mapping[str, np.ndarray], path: str, title: str) -> None:
       ax.plot(epochs, mean, color=color, linewidth=2, marker=_marker(epochs),
               label=f'{split} mean of {values.shape[0]}')
       _band(ax, epochs, low, high, color=color, alpha=0.3, label=f'{split} 95% CI')
-  low_acc = min(np.min(curves['test_accuracy']), np.min(curves['train_accuracy']))
+  low_acc = min(np.min(curves[f'{split}_accuracy']) for split in splits)
   acc_ax.set_ylim(max(0.0, low_acc - 0.01), 1.0005)
   loss_ax.autoscale_view()  # collections do not rescale the axes by themselves
   # A fixed corner: 'best' searches every line of every run, slow with many runs.

@@ -48,10 +48,11 @@ import io
 import itertools
 import json
 import os
-from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from mlp_jax import metrics as metric_spec
 from mlp_jax.config import TrainConfig
 from mlp_jax.errors import UsageError
 from mlp_jax.grid import point_name
@@ -75,9 +76,10 @@ SEED_DIR = 'seed_{}'
 MARKER_FILE = '.mlp_jax.json'
 
 EPOCH_COLUMN = 'epoch'
-METRIC_COLUMNS = ('train_loss', 'train_accuracy', 'test_loss', 'test_accuracy')
+# The metric columns of a run without a validation split (mlp_jax.metrics lists them all).
+METRIC_COLUMNS = metric_spec.names(metric_spec.recorded())
 TIMING_SUFFIX = '_seconds'
-TIMING_COLUMNS = ('epoch_seconds', 'eval_seconds')
+TIMING_COLUMNS = metric_spec.TIMING_COLUMNS
 HISTORY_COLUMNS = (EPOCH_COLUMN,) + METRIC_COLUMNS + TIMING_COLUMNS
 # final.csv's column naming the first epoch with a non-finite loss (empty: none).
 DIVERGED_COLUMN = 'diverged_at_epoch'
@@ -121,8 +123,15 @@ def is_run(path: str) -> bool:
 
 def is_complete(run_dir: str) -> bool:
   """A run is complete once its trained parameters are written (the last record) and
-  read back whole: a damaged params.msgpack (a truncated copy, a bad disk) makes
-  the run incomplete, so it is finished again from its checkpoint."""
+  read back whole, and its history.csv holds every epoch its config asks for: a
+  damaged params.msgpack (a truncated copy, a bad disk) or a lost or damaged
+  history makes the run incomplete, so it is finished again from its checkpoint
+  (or retrained: the same bits), which rewrites both."""
+  return params_written(run_dir) and missing_history(run_dir) is None
+
+
+def params_written(run_dir: str) -> bool:
+  """Whether the run's params.msgpack exists and reads back whole."""
   path = os.path.join(run_dir, PARAMS_FILE)
   if not os.path.exists(path):
     return False
@@ -131,6 +140,20 @@ def is_complete(run_dir: str) -> bool:
   except UsageError:
     return False
   return True
+
+
+def missing_history(run_dir: str) -> Optional[str]:
+  """What the run's history.csv lacks of the epochs its config asks for ('history.csv:
+  missing', '... 2 of 3 epochs recorded'), or None if it holds them all."""
+  try:
+    epochs = load_config(run_dir).epochs
+    recorded = read_history(os.path.join(run_dir, HISTORY_FILE)).rows
+  except UsageError as e:
+    return str(e)
+  if set(recorded) != set(range(1, epochs + 1)):
+    return (f'{os.path.join(run_dir, HISTORY_FILE)}: {len(recorded)} of {epochs} epochs '
+            'recorded')
+  return None
 
 
 # ----------------------------------------------------------------------------- writing
@@ -146,25 +169,24 @@ def format_fraction(count: int, total: int) -> str:
   return str(int(count) / total)
 
 
-def history_rows(epoch: int, metrics: Mapping[str, np.ndarray], train_examples: int,
-                 test_examples: int) -> List[Dict[str, str]]:
+def history_rows(epoch: int, metrics: Mapping[str, np.ndarray], examples: Mapping[str, int],
+                 recorded: Sequence[metric_spec.Metric] = metric_spec.recorded()
+                 ) -> List[Dict[str, str]]:
   """The history.csv rows of one epoch of several seeds.
 
   Args:
     epoch: the epoch just finished (1-based).
-    metrics: 'train_loss', 'test_loss' (float32[S]), 'train_correct',
-      'test_correct' (counts[S]), 'epoch_seconds', 'eval_seconds' (float32[S]).
-    train_examples, test_examples: what the counts are out of.
+    metrics: the metrics log's columns of the epoch (metric_spec.log_columns):
+      losses (float32[S]), counts of correct predictions ('test_correct', [S]),
+      'epoch_seconds', 'eval_seconds' (float32[S]).
+    examples: what each split's counts are out of ({'train': 59904, 'test': 10000}).
+    recorded: the run's metrics, in their column order.
   """
   return [{
       EPOCH_COLUMN: str(epoch),
-      'train_loss': format_loss(metrics['train_loss'][i]),
-      'train_accuracy': format_fraction(metrics['train_correct'][i], train_examples),
-      'test_loss': format_loss(metrics['test_loss'][i]),
-      'test_accuracy': format_fraction(metrics['test_correct'][i], test_examples),
-      'epoch_seconds': format_loss(metrics['epoch_seconds'][i]),
-      'eval_seconds': format_loss(metrics['eval_seconds'][i]),
-  } for i in range(len(metrics['train_loss']))]
+      **{m.name: m.cell(metrics[m.log_column][i], examples.get(m.split, 1)) for m in recorded},
+      **{c: format_loss(metrics[c][i]) for c in TIMING_COLUMNS},
+  } for i in range(len(metrics[TIMING_COLUMNS[0]]))]
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
@@ -199,12 +221,12 @@ def csv_text(rows: Sequence[Mapping[str, str]], header: bool,
 def append_history(path: str, rows: Sequence[Mapping[str, str]]) -> None:
   """Appends rows (the header first if the file is new); no fsync (see the module doc)."""
   with open(path, 'a') as f:
-    f.write(csv_text(rows, header=f.tell() == 0))
+    f.write(csv_text(rows, header=f.tell() == 0, fieldnames=list(rows[0])))
 
 
 def write_history(path: str, rows: Sequence[Mapping[str, str]]) -> None:
   """Writes a whole history.csv (header and rows) atomically."""
-  write_bytes_atomic(path, csv_text(rows, header=True).encode())
+  write_bytes_atomic(path, csv_text(rows, header=True, fieldnames=list(rows[0])).encode())
 
 
 def write_csv(path: str, rows: Sequence[Mapping[str, str]]) -> None:
@@ -281,7 +303,7 @@ def read_history(path: str) -> History:
     with open(path, newline='') as f:
       text = f.read()
   except FileNotFoundError:
-    raise UsageError(f'{path}: missing (the run has not finished an epoch)') from None
+    raise UsageError(f'{path}: missing') from None
   except (OSError, UnicodeDecodeError) as e:
     raise UsageError(f'{path}: unreadable ({e})') from None
   if not text:
@@ -319,10 +341,12 @@ def final_row(run_dir: str) -> Dict[str, str]:
 
 
 def read_curves(run_dirs: Sequence[str]) -> Dict[str, np.ndarray]:
-  """Every metric of several runs' history.csv: {metric: float64[runs, epochs]},
-  plus 'epoch': int[epochs] (the runs must have the same epochs)."""
+  """Every metric of several runs' history.csv: {metric: float64[runs, epochs]} in
+  the order of mlp_jax.metrics (the metrics of the first run's header), plus
+  'epoch': int[epochs] (the runs must have the same epochs and columns)."""
   histories = [read_history(os.path.join(d, HISTORY_FILE)) for d in run_dirs]
-  curves = {m: np.stack([h.column(m) for h in histories]) for m in METRIC_COLUMNS}
+  curves = {m: np.stack([h.column(m) for h in histories])
+            for m in metric_spec.names(metric_spec.in_columns(histories[0].columns))}
   curves['epoch'] = np.array(sorted(histories[0].rows))
   return curves
 

@@ -30,32 +30,33 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from mlp_jax import metrics as metric_spec
 from mlp_jax import records
 
-# Metrics log columns: what each seed's row of an epoch is made from (float32;
-# counts below 2**24 are exact in float32).
-LOG_COLUMNS = ('train_loss', 'train_correct', 'test_loss', 'test_correct',
-               'epoch_seconds', 'eval_seconds')
+# The metrics log's columns of a run without a validation split (mlp_jax.metrics):
+# what each seed's row of an epoch is made from, and the layout its checkpoints have.
+LOG_COLUMNS = metric_spec.log_columns(metric_spec.recorded())
 # Threads that write parameter files at the end of a chunk (I/O bound).
 PARAMS_WRITERS = 8
 
 
-def new_log(seeds: int, epochs: int) -> np.ndarray:
-  """An empty metrics log: float32[seeds, epochs, len(LOG_COLUMNS)]."""
-  return np.zeros((seeds, epochs, len(LOG_COLUMNS)), np.float32)
+def new_log(seeds: int, epochs: int, columns: Sequence[str] = LOG_COLUMNS) -> np.ndarray:
+  """An empty metrics log: float32[seeds, epochs, len(columns)]."""
+  return np.zeros((seeds, epochs, len(columns)), np.float32)
 
 
 def log_epoch(log: np.ndarray, rows: Sequence[int], epoch: int,
-              metrics: Dict[str, np.ndarray]) -> None:
+              metrics: Dict[str, np.ndarray], columns: Sequence[str] = LOG_COLUMNS) -> None:
   """Stores epoch `epoch` (1-based) of the seeds in `rows` (metrics: name -> [len(rows)])."""
-  for column, name in enumerate(LOG_COLUMNS):
+  for column, name in enumerate(columns):
     log[np.asarray(rows), epoch - 1, column] = metrics[name]
 
 
-def logged_metrics(log: np.ndarray, rows: Sequence[int], epoch: int) -> Dict[str, np.ndarray]:
+def logged_metrics(log: np.ndarray, rows: Sequence[int], epoch: int,
+                   columns: Sequence[str] = LOG_COLUMNS) -> Dict[str, np.ndarray]:
   """The inverse of log_epoch: name -> float32[len(rows)]."""
   values = log[np.asarray(rows), epoch - 1]
-  return {name: values[:, column] for column, name in enumerate(LOG_COLUMNS)}
+  return {name: values[:, column] for column, name in enumerate(columns)}
 
 
 class RecordSink:
@@ -68,12 +69,18 @@ class RecordSink:
     tensorboard: also write TensorBoard events into <run_dir>/tensorboard.
     prepare_curves: this process draws curves after training; a second thread
       imports matplotlib once the first epoch's records are queued.
+    validation_examples: the size of the validation split (0: none, and no
+      validation metrics).
   """
 
   def __init__(self, run_dirs: Sequence[str], train_examples: int, test_examples: int,
-               tensorboard: bool = False, prepare_curves: bool = False):
+               tensorboard: bool = False, prepare_curves: bool = False,
+               validation_examples: int = 0):
     self.run_dirs = list(run_dirs)
-    self._examples = (train_examples, test_examples)
+    self._examples = {metric_spec.TRAIN: train_examples, metric_spec.TEST: test_examples,
+                      metric_spec.VALIDATION: validation_examples}
+    self.metrics = metric_spec.recorded(metric_spec.splits_of(validation_examples))
+    self.log_columns = metric_spec.log_columns(self.metrics)
     self._thread = concurrent.futures.ThreadPoolExecutor(1, 'mlp_jax-records',
                                                          initializer=lowest_priority)
     self._prepare_curves = prepare_curves
@@ -91,14 +98,14 @@ class RecordSink:
       path = os.path.join(run_dir, records.HISTORY_FILE)
       if epoch:
         records.write_history(path, [
-            self._rows(e, logged_metrics(log, [rows[index]], e))[0]
+            self._rows(e, logged_metrics(log, [rows[index]], e, self.log_columns))[0]
             for e in range(1, epoch + 1)])
       elif os.path.lexists(path):
         os.remove(path)
     self.seconds += time.perf_counter() - tick
 
   def write(self, epoch: int, metrics: Dict[str, np.ndarray]) -> None:
-    """Queues epoch `epoch` of every seed (metrics: LOG_COLUMNS -> [seeds])."""
+    """Queues epoch `epoch` of every seed (metrics: self.log_columns -> [seeds])."""
     tick = time.perf_counter()
     self._raise_errors(wait=False)
     self._pending.append(self._thread.submit(self._write, epoch, metrics))
@@ -135,7 +142,7 @@ class RecordSink:
       self.seconds += time.perf_counter() - tick
 
   def _rows(self, epoch: int, metrics: Dict[str, np.ndarray]) -> List[Dict[str, str]]:
-    return records.history_rows(epoch, metrics, *self._examples)
+    return records.history_rows(epoch, metrics, self._examples, self.metrics)
 
   def _write(self, epoch: int, metrics: Dict[str, np.ndarray]) -> None:
     for run_dir, row in zip(self.run_dirs, self._rows(epoch, metrics)):
@@ -148,7 +155,7 @@ class RecordSink:
         from mlp_jax.tensorboard import EpochWriter  # pylint: disable=g-import-not-at-top
         self._tensorboard = EpochWriter(
             [os.path.join(d, records.TENSORBOARD_DIR) for d in self.run_dirs])
-      self._tensorboard.write(epoch, accuracies(metrics, *self._examples))
+      self._tensorboard.write(epoch, metric_spec.values(self.metrics, metrics, self._examples))
 
   def _raise_errors(self, wait: bool) -> None:
     if wait:
@@ -171,13 +178,14 @@ def lowest_priority() -> None:
       pass  # a sandbox may refuse it; the records are the same either way
 
 
-def accuracies(metrics: Dict[str, np.ndarray], train_examples: int, test_examples: int
-               ) -> Dict[str, np.ndarray]:
-  """Log metrics -> the four recorded metrics as float64[seeds] (losses, accuracies)."""
-  return {'train_loss': metrics['train_loss'].astype(np.float64),
-          'train_accuracy': metrics['train_correct'].astype(np.float64) / train_examples,
-          'test_loss': metrics['test_loss'].astype(np.float64),
-          'test_accuracy': metrics['test_correct'].astype(np.float64) / test_examples}
+def accuracies(metrics: Dict[str, np.ndarray], train_examples: int, test_examples: int,
+               validation_examples: int = 0) -> Dict[str, np.ndarray]:
+  """Log metrics -> the recorded metrics (mlp_jax.metrics) as float64[seeds]: losses,
+  and accuracies from the counts."""
+  examples = {metric_spec.TRAIN: train_examples, metric_spec.TEST: test_examples,
+              metric_spec.VALIDATION: validation_examples}
+  return metric_spec.values(metric_spec.recorded(metric_spec.splits_of(validation_examples)),
+                            metrics, examples)
 
 
 def render_curves(run_dirs: Sequence[str], titles: Sequence[str],
