@@ -1,6 +1,7 @@
 """Compare two runs, two sweeps, or a run and a sweep: `python -m experiments.compare A B`.
 
     python -m experiments.compare A B [--require_identical] [--output=compare.png]
+        [--target_difference=D] [--json=PATH]
 
 A and B are each a run directory (written by `python -m mlp_jax.main`; it holds
 config.json) or a sweep directory (written by `python -m experiments.sweep`; it
@@ -21,9 +22,25 @@ holds sweep.json and one run directory seed_<k>/ per seed). The report lists:
     occurs, and how many cells differ out of how many compared; epochs, seeds
     and columns present on one side only;
   * the final test accuracy (the last recorded epoch) of each side: a sweep's
-    as mean ± std over its seeds; for two sweeps also the difference of the
-    means A - B with its 95% CI and the p-value of Welch's t-test
-    (mlp_jax.stats.welch);
+    as mean ± std over its seeds. For two sweeps (docs/statistics.md says what
+    each number means; mlp_jax.stats computes them):
+      - Welch's difference of the means A - B, 95% CI and p-value, over all
+        seeds of each side; each side's IQM and a 95% CI of its mean inside
+        [0, 1] (the t interval on the logit scale);
+      - over the seeds both have (seed k of A and of B share initialisation
+        and data order): the per-seed differences, their mean with the paired
+        t 95% CI and p-value, the Wilcoxon signed-rank p-value and the
+        correlation of A and B; without 2 common seeds, the unpaired versions;
+      - a percentile bootstrap 95% CI of A - B (10,000 resamples, RNG seed 0)
+        and the probability of improvement P(A > B) with its bootstrap CI;
+      - the smallest difference the seeds detect with 80% power at alpha 0.05
+        (paired t when paired) and, with --target_difference=D (a fraction of
+        accuracy, > 0), how many seeds would detect D.
+    For two single runs (or a run and the sweep's run of its seed): McNemar's
+    exact test of their disagreement on the test images, from their saved
+    models (params.msgpack) on the test set their config.json names. Both: the
+    test set's own sampling error, the half-width of the 95% binomial
+    interval of the accuracy measured (about ±0.0027 at 0.98 on 10,000 images);
   * the last line, the verdict:
       verdict: IDENTICAL (bit for bit: N seeds x M epochs, timing columns aside)
       verdict: DIFFERENT (reason; reason; ...)
@@ -57,9 +74,17 @@ and loss curves of A and B: a run as its curve, a
 sweep as the mean over its seeds with a 95% band (over the epochs all its seeds
 have reached).
 
+--json=PATH also writes the whole report as one JSON object, atomically: keys
+verdict (the verdict line's text after `verdict: `), identical, reasons, a, b,
+settings, environment, history, final_test_accuracy, welch, paired, bootstrap
+(with its resamples and RNG seed), probability_of_improvement, mcnemar,
+detectable_difference, seeds_needed and test_set_error; a section that does not
+apply is null, as is any NaN.
+
 Exit status: 0; 1 with --require_identical when the verdict is DIFFERENT; 2 on
 bad input (a missing directory, one that is neither a run nor a sweep, a
-missing, unreadable or partial record), reported as one line `error: ...`.
+missing, unreadable or partial record, --target_difference <= 0, a --json
+path whose directory does not exist), reported as one line `error: ...`.
 """
 
 from __future__ import annotations
@@ -77,7 +102,7 @@ from absl import flags
 from mlp_jax import cli
 from mlp_jax.records import (CONFIG_FILE, ENVIRONMENT_FILE, HISTORY_FILE, POINTS_FILE,
                              SWEEP_FILE, History, SEED_DIR, TIMING_SUFFIX, read_history,
-                             read_json_object, seed_dir, sweep_run_dirs)
+                             read_json_object, seed_dir, sweep_run_dirs, write_json)
 from mlp_jax.errors import UsageError
 
 FLAGS = flags.FLAGS
@@ -97,6 +122,11 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   flags.DEFINE_string('output', '', 'Where to write the picture of both sides\' curves: a '
                       'file (.png, .pdf, .svg, ...) or a directory (DIR/compare.png). '
                       'Default: no picture.', flag_values=flag_values)
+  flags.DEFINE_float('target_difference', None, 'A difference of final test accuracy to plan '
+                     'for (a fraction, e.g. 0.002 for 0.2 points, > 0): prints how many seeds '
+                     'detect it with 80% power at alpha 0.05.', flag_values=flag_values)
+  flags.DEFINE_string('json', '', 'Also write the whole report as JSON to this path '
+                      '(atomically); empty: none.', flag_values=flag_values)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -236,6 +266,19 @@ def differences(a: Mapping[str, Any], b: Mapping[str, Any],
       show = lambda v: '(absent)' if v is _ABSENT else _show(v)
       lines.append(f'{key}: {show(va)} -> {show(vb)}')
   return lines
+
+
+def differences_json(a: Mapping[str, Any], b: Mapping[str, Any],
+                     ignored: Sequence[str] = ()) -> Dict[str, Dict[str, Any]]:
+  """differences() for JSON: {dotted key: {'a': A-value, 'b': B-value}}, a side's
+  entry left out where the key is absent on that side."""
+  flat_a, flat_b = flatten(dict(a)), flatten(dict(b))
+  result = {}
+  for line in differences(a, b, ignored):
+    key = line.split(': ', 1)[0]
+    result[key] = {side: flat[key] for side, flat in (('a', flat_a), ('b', flat_b))
+                   if key in flat}
+  return result
 
 
 # ----------------------------------------------------------------------------- pairing
@@ -421,33 +464,214 @@ def final_accuracies(side: Side) -> Tuple[List[float], List[int]]:
   return values, epochs
 
 
-def final_accuracy_lines(a: Side, b: Side) -> List[str]:
-  """Each side's final test accuracy; for two sweeps the difference and Welch's test."""
+def _final_accuracy(run: Run) -> Optional[float]:
+  if not run.history.rows or 'test_accuracy' not in run.history.columns:
+    return None
+  return float(run.history.rows[max(run.history.rows)]['test_accuracy'])
+
+
+def _signed(value: float) -> str:
+  return 'nan' if math.isnan(value) else f'{value:+.6f}'
+
+
+def _p(value: float) -> str:
+  return 'nan' if math.isnan(value) else f'{value:.4g}'
+
+
+def test_set_size(run: Run) -> Tuple[Optional[int], str]:
+  """The number of test images of a run's dataset (None if unknown) and, if unknown, why.
+
+  The bundled MNIST (and any --data_dir copy: its checksums are verified) has 10,000;
+  another dataset is loaded as the run's config says."""
+  from mlp_jax import data, records  # pylint: disable=g-import-not-at-top
+  try:
+    config = records.load_config(run.path)
+    if config.dataset == data.BUNDLED_DATASET:
+      return data.CANONICAL_SHAPE['t10k-labels-idx1-ubyte'][0], ''
+    return len(data.load_data(config).test_labels), ''
+  except Exception as e:  # pylint: disable=broad-except  (a statement beside the report)
+    return None, f'{type(e).__name__}: {e}'
+
+
+def mcnemar_of_runs(run_a: Run, run_b: Run) -> Tuple[Optional[Any], str]:
+  """McNemar's exact test of two runs' saved models on their test set, or (None, why not).
+
+  Each run's params.msgpack classifies the test images of the dataset its config.json
+  names (mlp_jax.data.load_data); both must have the same test set."""
+  from mlp_jax import records  # pylint: disable=g-import-not-at-top
+  for name, run in (('A', run_a), ('B', run_b)):
+    if not os.path.isfile(os.path.join(run.path, records.PARAMS_FILE)):
+      return None, f'{name} has no {records.PARAMS_FILE} (a run still training?)'
+  # Imported here: jax, for two single runs only.
+  from mlp_jax import data, inference, stats  # pylint: disable=g-import-not-at-top
+  datasets = [data.load_data(records.load_config(run.path)) for run in (run_a, run_b)]
+  if not (np.array_equal(datasets[0].test_images, datasets[1].test_images) and
+          np.array_equal(datasets[0].test_labels, datasets[1].test_labels)):
+    return None, 'A and B were tested on different test sets'
+  images, labels = datasets[0].test_images, datasets[0].test_labels
+  correct = [inference.load_trained(run.path)(images) == labels for run in (run_a, run_b)]
+  return stats.mcnemar_exact(*correct), ''
+
+
+def _nan_to_none(obj: Any) -> Any:
+  """JSON has no NaN: NaN floats become null, tuples lists, numpy scalars Python's."""
+  if isinstance(obj, dict):
+    return {str(k): _nan_to_none(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_nan_to_none(v) for v in obj]
+  if isinstance(obj, (np.floating, float)):
+    return None if math.isnan(obj) else float(obj)
+  if isinstance(obj, (np.integer,)):
+    return int(obj)
+  if isinstance(obj, np.bool_):
+    return bool(obj)
+  return obj
+
+
+def statistics_lines(a: Side, b: Side, pairing: Pairing, target_difference: Optional[float],
+                     report: Dict[str, Any]) -> List[str]:
+  """The final test accuracy of each side and their statistical comparison (see the
+  module docstring); fills `report`'s welch, paired, bootstrap, probability_of_improvement,
+  mcnemar, detectable_difference, seeds_needed, final_test_accuracy and test_set_error."""
   lines = ['final test accuracy (last recorded epoch):']
+  for key in ('welch', 'paired', 'bootstrap', 'probability_of_improvement', 'mcnemar',
+              'detectable_difference', 'seeds_needed', 'test_set_error'):
+    report[key] = None
+  report['final_test_accuracy'] = {}
   samples = {}
   for name, side in (('A', a), ('B', b)):
     values, epochs = final_accuracies(side)
     samples[name] = values
     if not values:
       lines.append(f'  {name}: none recorded')
+      report['final_test_accuracy'][name] = None
     elif isinstance(side, Run):
       lines.append(f'  {name}: {values[0]:.6f} (epoch {epochs[0]})')
+      report['final_test_accuracy'][name] = {'n': 1, 'values': values, 'mean': values[0]}
     else:
       from mlp_jax import stats  # pylint: disable=g-import-not-at-top  (scipy: for sweeps only)
       s = stats.summarize(values)
       ends = (f'epoch {epochs[0]}' if len(set(epochs)) == 1
               else f'epochs {ranges(sorted(set(epochs)))}, seeds differ')
       lines.append(f'  {name}: {s.mean:.6f} ± {s.std:.6f} (mean ± std, n={s.n}; {ends})')
-  if isinstance(a, Sweep) and isinstance(b, Sweep):
-    if min(len(samples['A']), len(samples['B'])) < 2:
-      lines.append('  A - B: Welch\'s t-test needs at least 2 seeds per sweep')
+      low, high = stats.accuracy_ci(values)
+      report['final_test_accuracy'][name] = {
+          'n': s.n, 'seeds': sorted(side.runs), 'values': values, 'mean': s.mean, 'std': s.std,
+          'iqm': stats.iqm(values), 'ci95_low': low, 'ci95_high': high,
+          'ci95_method': 't interval on the logit scale'}
+  sweeps = isinstance(a, Sweep) and isinstance(b, Sweep)
+  if sweeps:
+    lines += _sweep_statistics(samples, pairing, target_difference, report)
+  elif len(pairing.pairs) == 1:
+    _, run_a, run_b = pairing.pairs[0]
+    result, why = mcnemar_of_runs(run_a, run_b)
+    if result is None:
+      lines.append(f'  McNemar\'s exact test: not run ({why})')
     else:
-      from mlp_jax import stats  # pylint: disable=g-import-not-at-top
-      w = stats.welch(samples['A'], samples['B'])
-      df = stats.welch_df(samples['A'], samples['B'])
-      lines.append(f'  A - B: {w.difference:+.6f}, 95% CI [{w.ci95_low:+.6f}, {w.ci95_high:+.6f}]'
-                   f' (Welch, df {df:.1f}); Welch\'s t-test p = {w.p_value:.6g}')
+      report['mcnemar'] = result._asdict()
+      lines.append(f'  McNemar\'s exact test on the {result.n:,} test images: A right where B '
+                   f'is wrong {result.a_only}, B right where A is wrong {result.b_only}; '
+                   f'p = {_p(result.p_value)} (two-sided, binomial on the '
+                   f'{result.a_only + result.b_only} discordant images)')
+  lines += _test_set_error_lines(a, b, samples, report)
   return lines
+
+
+def _sweep_statistics(samples: Mapping[str, List[float]], pairing: Pairing,
+                      target_difference: Optional[float], report: Dict[str, Any]) -> List[str]:
+  """Two sweeps: Welch on all seeds; paired statistics, bootstrap and probability of
+  improvement on the common seeds (unpaired when fewer than 2 seeds are common)."""
+  from mlp_jax import stats  # pylint: disable=g-import-not-at-top
+  lines = []
+  sample_a, sample_b = samples['A'], samples['B']
+  if min(len(sample_a), len(sample_b)) < 2:
+    lines.append('  A - B: Welch\'s t-test needs at least 2 seeds per sweep')
+    return lines
+  w = stats.welch(sample_a, sample_b)
+  df = stats.welch_df(sample_a, sample_b)
+  report['welch'] = {**w._asdict(), 'df': df, 'n_a': len(sample_a), 'n_b': len(sample_b)}
+  lines.append(f'  A - B: {w.difference:+.6f}, 95% CI [{w.ci95_low:+.6f}, {w.ci95_high:+.6f}]'
+               f' (Welch, df {df:.1f}); Welch\'s t-test p = {w.p_value:.6g}')
+  fa, fb = report['final_test_accuracy']['A'], report['final_test_accuracy']['B']
+  lines.append(f'  IQM: A {fa["iqm"]:.6f}, B {fb["iqm"]:.6f}; 95% CI of each mean (t on the '
+               f'logit scale, inside [0, 1]): A [{fa["ci95_low"]:.6f}, {fa["ci95_high"]:.6f}], '
+               f'B [{fb["ci95_low"]:.6f}, {fb["ci95_high"]:.6f}]')
+  common = [(seed, _final_accuracy(ra), _final_accuracy(rb)) for seed, ra, rb in pairing.pairs]
+  common = [(s, x, y) for s, x, y in common if x is not None and y is not None]
+  matched = len(common) >= 2
+  if matched:
+    seeds = [s for s, _, _ in common]
+    x = np.array([v for _, v, _ in common])
+    y = np.array([v for _, _, v in common])
+    p = stats.paired(x, y)
+    report['paired'] = {**p._asdict(), 'seeds': seeds,
+                        'differences': list(np.round(x - y, 12))}
+    lines.append(f'  paired over the {len(seeds)} common seeds ({ranges(seeds)}; seed k of A '
+                 'against seed k of B):')
+    if len(seeds) <= 20:
+      lines.append('    A - B per seed: ' + ', '.join(f'{s}: {d:+.4f}' for s, d in
+                                                     zip(seeds, np.round(x - y, 12))))
+    lines.append(f'    mean {_signed(p.difference)}, 95% CI [{_signed(p.ci95_low)}, '
+                 f'{_signed(p.ci95_high)}] (paired t, df {p.n - 1}); paired t-test '
+                 f'p = {_p(p.p_value)}; Wilcoxon signed-rank p = {_p(p.wilcoxon_p_value)}; '
+                 f'correlation of A and B r = {_p(p.correlation)}')
+  else:
+    x, y = np.array(sample_a), np.array(sample_b)
+    lines.append('  unpaired (fewer than 2 common seeds): Welch above, and:')
+  boot = stats.bootstrap_difference(x, y, paired=matched)
+  report['bootstrap'] = boot._asdict()
+  what = 'of the seeds' if matched else 'of each side'
+  lines.append(f'    bootstrap 95% CI of A - B [{_signed(boot.ci95_low)}, '
+               f'{_signed(boot.ci95_high)}] ({boot.method}, {boot.resamples} resamples {what}, '
+               f'RNG seed {boot.seed})')
+  poi = stats.probability_of_improvement(x, y, paired=matched)
+  report['probability_of_improvement'] = poi._asdict()
+  lines.append(f'    P(A > B) = {poi.value:.3f}, 95% CI [{poi.ci95_low:.3f}, {poi.ci95_high:.3f}]'
+               f' (probability of improvement over all pairs of runs; bootstrap '
+               f'{what}, RNG seed {poi.seed})')
+  if matched:
+    n, std, test = len(x), float(np.std(x - y, ddof=1)), 'paired t'
+    spread = f'std of the per-seed differences {std:.6f}'
+  else:
+    n = min(len(x), len(y))
+    std = math.sqrt((np.var(x, ddof=1) + np.var(y, ddof=1)) / 2)
+    test, spread = 'two-sample t', f'pooled std {std:.6f}, {n} seeds per side'
+  detectable = stats.detectable_difference(n, std, paired=matched)
+  report['detectable_difference'] = {'difference': detectable, 'n': n, 'std': std,
+                                     'paired': matched, 'power': stats.POWER,
+                                     'alpha': stats.ALPHA}
+  lines.append(f'  detectable difference: {detectable:.6f} with {n} seeds (80% power, '
+               f'alpha 0.05, {test}; {spread})')
+  if target_difference is not None:
+    needed = stats.seeds_needed(target_difference, std, paired=matched)
+    report['seeds_needed'] = {'target_difference': target_difference, 'seeds': needed,
+                              'std': std, 'paired': matched, 'power': stats.POWER,
+                              'alpha': stats.ALPHA}
+    lines.append(f'  seeds needed to detect {target_difference:g}: {needed}'
+                 f'{" per side" if not matched else ""} (80% power, alpha 0.05, {test}, '
+                 f'the same std)')
+  return lines
+
+
+def _test_set_error_lines(a: Side, b: Side, samples: Mapping[str, List[float]],
+                          report: Dict[str, Any]) -> List[str]:
+  """The test set's own sampling error at the accuracy measured (see the module docstring)."""
+  values = samples['A'] + samples['B']
+  runs = [run for side in (a, b)
+          for run in ([side] if isinstance(side, Run) else side.runs.values())]
+  first = runs[0] if runs else None
+  if not values or first is None:
+    return []
+  from mlp_jax import stats  # pylint: disable=g-import-not-at-top
+  n_test, why = test_set_size(first)
+  if n_test is None:
+    return [f'  test-set sampling error: unknown (the test set\'s size: {why})']
+  accuracy = float(np.mean(values))
+  error = stats.test_set_error(accuracy, n_test)
+  report['test_set_error'] = {'half_width': error, 'accuracy': accuracy, 'n_test': n_test}
+  return [f'  test-set sampling error: ±{error:.6f} (95% binomial interval of an accuracy of '
+          f'{accuracy:.4f} on {n_test:,} test images; seed CIs above hold this test set '
+          'fixed and leave it out)']
 
 
 # ----------------------------------------------------------------------------- picture
@@ -587,9 +811,12 @@ def likely_causes(settings: Tuple[Mapping[str, Any], Mapping[str, Any]],
 # ----------------------------------------------------------------------------- main
 
 
-def compare(a: Side, b: Side) -> Tuple[List[str], List[str], str]:
+def compare(a: Side, b: Side, target_difference: Optional[float] = None,
+            report: Optional[Dict[str, Any]] = None) -> Tuple[List[str], List[str], str]:
   """The report (lines), the reasons A and B are not identical (empty if they are), and
-  the size of what was compared ('N seeds x M epochs')."""
+  the size of what was compared ('N seeds x M epochs'). `report`, if given, is filled with
+  the report's machine-readable sections (see --json)."""
+  report = {} if report is None else report
   pairing = pair(a, b)
   lines = [f'A: {describe(a)}', f'B: {describe(b)}'] + pairing.notes
   source, settings_a, settings_b = pairing.settings
@@ -600,13 +827,25 @@ def compare(a: Side, b: Side) -> Tuple[List[str], List[str], str]:
   lines.append(f'environment ({ENVIRONMENT_FILE}; not compared: '
                f'{", ".join(IGNORED_ENVIRONMENT)}): ' + ('differs' if environment else 'same'))
   lines += [f'  {line}' for line in environment]
+  report['settings'] = {'source': source, 'differences': differences_json(settings_a,
+                                                                            settings_b)}
+  report['environment'] = {'not_compared': list(IGNORED_ENVIRONMENT),
+                           'differences': differences_json(*pairing.environments,
+                                                           ignored=IGNORED_ENVIRONMENT)}
   comparison = compare_histories(pairing.pairs)
   single = isinstance(a, Run) and isinstance(b, Run)
   history, reasons = history_lines(comparison, pairing, single)
+  report['history'] = {
+      'compared': compared_size(comparison),
+      'metrics': {m.name: {'max_abs_difference': m.largest, 'differing_cells': m.differing,
+                           'cells': m.cells,
+                           'at': None if m.where is None else {'seed': m.where[0],
+                                                               'epoch': m.where[1]}}
+                  for m in comparison.metrics}}
   incomplete = incomplete_records(pairing.pairs)
   reasons += incomplete
   lines += history + [f'records: {r}' for r in incomplete]
-  lines += final_accuracy_lines(a, b)
+  lines += statistics_lines(a, b, pairing, target_difference, report)
   causes = likely_causes(pairing.settings[1:], pairing.environments) if reasons else []
   if causes:
     lines.append(f'likely reason for differing bits: {"; ".join(causes)}')
@@ -637,23 +876,43 @@ def incomplete_records(pairs: Sequence[Tuple[int, Run, Run]]) -> List[str]:
   return reasons
 
 
+def write_report(path: str, report: Mapping[str, Any]) -> None:
+  """The report as JSON (NaN as null), written atomically."""
+  try:
+    write_json(path, _nan_to_none(dict(report)))
+  except OSError as e:
+    raise UsageError(f'--json={path}: cannot write ({e.strerror or e})') from None
+
+
 def main(argv: Sequence[str]) -> None:
   paths = argv[1:]
   if len(paths) != 2:
     raise UsageError('expected two directories, each a run or a sweep: python -m '
                      'experiments.compare A B [--require_identical] [--output=compare.png]')
   plot = output_path(FLAGS.output)
+  target = FLAGS.target_difference
+  if target is not None and not target > 0:
+    raise UsageError(f'--target_difference={target:g}: expected a difference of accuracy '
+                     '> 0 (a fraction, e.g. 0.002 for 0.2 points)')
+  if FLAGS.json and not os.path.isdir(os.path.dirname(os.path.abspath(FLAGS.json))):
+    raise UsageError(f'--json={FLAGS.json}: its directory does not exist')
   a, b = load_side(paths[0]), load_side(paths[1])
-  lines, reasons, size = compare(a, b)
+  report = {'a': a.path, 'b': b.path}
+  lines, reasons, size = compare(a, b, target, report)
   for line in lines:
     print(line)
   if plot:
     write_plot(a, b, plot)
     print(f'plot: {plot}')
   if reasons:
-    print(f'verdict: DIFFERENT ({"; ".join(reasons)})')
+    verdict = f'DIFFERENT ({"; ".join(reasons)})'
   else:
-    print(f'verdict: IDENTICAL (bit for bit: {size}, timing columns aside)')
+    verdict = f'IDENTICAL (bit for bit: {size}, timing columns aside)'
+  if FLAGS.json:
+    write_report(FLAGS.json, {**report, 'verdict': verdict, 'identical': not reasons,
+                              'reasons': reasons})
+    print(f'json: {FLAGS.json}')
+  print(f'verdict: {verdict}')
   sys.stdout.flush()
   if reasons and FLAGS.require_identical:
     sys.exit(1)

@@ -374,3 +374,116 @@ def test_real_runs(tmp_path, mnist):
   assert '  learning_rate: 0.001 -> 0.002\n' in other.stdout
   assert verdict(other).startswith('verdict: DIFFERENT (train_loss differs in 1 of 1 cells')
   assert os.path.getsize(tmp_path / 'other.png') > 10_000
+  # McNemar's exact test from the saved models, on the full test set their configs name.
+  from mlp_jax import data, inference, records  # pylint: disable=g-import-not-at-top
+  result = compare(dirs['a'], dirs['lr'], f'--json={tmp_path / "r.json"}')
+  with open(tmp_path / 'r.json') as f:
+    mcnemar = json.load(f)['mcnemar']
+  test = data.load_data(records.load_config(dirs['a']))
+  right = [inference.load_trained(dirs[n])(test.test_images) == test.test_labels
+           for n in ('a', 'lr')]
+  a_only, b_only = int(np.sum(right[0] & ~right[1])), int(np.sum(~right[0] & right[1]))
+  assert (mcnemar['n'], mcnemar['a_only'], mcnemar['b_only']) == (10_000, a_only, b_only)
+  assert a_only + b_only > 0
+  assert mcnemar['p_value'] == pytest.approx(
+      scipy_stats.binomtest(a_only, a_only + b_only, 0.5).pvalue, abs=1e-9)
+  assert (f"  McNemar's exact test on the 10,000 test images: A right where B is wrong "
+          f'{a_only}, B right where A is wrong {b_only}; p = ') in result.stdout
+
+
+# ----------------------------------------------------------------------------- statistics
+
+JSON_KEYS = {'verdict', 'settings', 'environment', 'welch', 'paired', 'bootstrap',
+             'probability_of_improvement', 'mcnemar', 'detectable_difference'}
+FINALS_A = {0: 0.9712, 1: 0.9731, 2: 0.9698, 3: 0.9744, 4: 0.9720, 5: 0.9709}
+FINALS_B = {0: 0.9701, 1: 0.9725, 2: 0.9700, 3: 0.9730, 4: 0.9712, 5: 0.9695, 6: 0.9729}
+
+
+def test_two_sweeps_paired_statistics_match_scipy(tmp_path):
+  from mlp_jax import stats  # pylint: disable=g-import-not-at-top
+  a = write_sweep(tmp_path / 'a', FINALS_A)
+  b = write_sweep(tmp_path / 'b', FINALS_B, config={'learning_rate': 0.002})
+  result = compare(a, b, '--target_difference=0.001', f'--json={tmp_path / "report.json"}')
+  assert result.returncode == 0, result.stderr
+  with open(tmp_path / 'report.json') as f:
+    report = json.load(f)
+  assert JSON_KEYS <= set(report) and report['mcnemar'] is None
+  assert report['verdict'] == verdict(result)[len('verdict: '):]
+  assert report['settings']['differences']['config.learning_rate'] == {'a': 0.001, 'b': 0.002}
+  x = np.array([FINALS_A[s] for s in range(6)])
+  y = np.array([FINALS_B[s] for s in range(6)])
+  # Paired over the 6 common seeds; Welch over all 6 and 7.
+  paired, reference = report['paired'], scipy_stats.ttest_rel(x, y)
+  assert paired['seeds'] == list(range(6)) and paired['n'] == 6
+  ci = reference.confidence_interval(0.95)
+  assert (paired['ci95_low'], paired['ci95_high']) == pytest.approx((ci.low, ci.high), abs=1e-9)
+  assert paired['p_value'] == pytest.approx(reference.pvalue, abs=1e-9)
+  assert paired['wilcoxon_p_value'] == pytest.approx(scipy_stats.wilcoxon(x, y).pvalue, abs=1e-9)
+  assert paired['correlation'] == pytest.approx(scipy_stats.pearsonr(x, y).statistic, abs=1e-9)
+  welch = scipy_stats.ttest_ind(x, list(FINALS_B.values()), equal_var=False)
+  assert report['welch']['p_value'] == pytest.approx(welch.pvalue, abs=1e-9)
+  boot = report['bootstrap']
+  assert (boot['resamples'], boot['seed'], boot['method'], boot['paired']) == (
+      10_000, 0, 'percentile', True)
+  again = stats.bootstrap_difference(x, y, paired=True, seed=boot['seed'])
+  assert (boot['ci95_low'], boot['ci95_high']) == (again.ci95_low, again.ci95_high)
+  wins = np.mean([(u > v) + 0.5 * (u == v) for u in x for v in y])
+  assert report['probability_of_improvement']['value'] == pytest.approx(wins, abs=1e-12)
+  std = np.std(x - y, ddof=1)
+  planned = report['detectable_difference']
+  assert planned['paired'] and planned['n'] == 6 and planned['std'] == pytest.approx(std)
+  assert planned['difference'] == pytest.approx(stats.detectable_difference(6, std), rel=1e-9)
+  assert report['seeds_needed']['seeds'] == stats.seeds_needed(0.001, std)
+  assert report['test_set_error']['n_test'] == 10_000
+  out = result.stdout
+  assert re.search(r'^  paired over the 6 common seeds \(0-5;', out, re.M), out
+  assert re.search(re.escape(f'    mean {np.mean(x - y):+.6f}, 95% CI [{ci.low:+.6f}, ') +
+                   r'.* paired t-test p = \S+; Wilcoxon '
+                   r'signed-rank p = \S+; correlation of A and B r = \S+$', out, re.M), out
+  assert re.search(r'^  detectable difference: 0\.00\d+ with 6 seeds \(80% power, alpha 0\.05, '
+                   r'paired t;', out, re.M), out
+  assert f'  seeds needed to detect 0.001: {stats.seeds_needed(0.001, std)} ' in out
+  error = stats.test_set_error(np.mean(list(FINALS_A.values()) + list(FINALS_B.values())),
+                               10_000)  # 1.96 sqrt(0.9716 * 0.0284 / 10,000) = 0.0033
+  assert report['test_set_error']['half_width'] == pytest.approx(error, rel=1e-12)
+  assert f'  test-set sampling error: ±{error:.6f} (95% binomial interval' in out
+  assert verdict(result).startswith('verdict: DIFFERENT')  # still the last line
+
+
+def test_sweeps_without_common_seeds_are_compared_unpaired(tmp_path):
+  a = write_sweep(tmp_path / 'a', {0: 0.97, 1: 0.971, 2: 0.969})
+  b = write_sweep(tmp_path / 'b', {5: 0.968, 6: 0.9695, 7: 0.9688})
+  result = compare(a, b, f'--json={tmp_path / "r.json"}')
+  assert result.returncode == 0, result.stderr
+  with open(tmp_path / 'r.json') as f:
+    report = json.load(f)
+  assert report['paired'] is None and report['welch'] is not None
+  assert report['bootstrap']['paired'] is False
+  assert report['detectable_difference']['paired'] is False
+  assert 'unpaired (fewer than 2 common seeds)' in result.stdout
+
+
+def test_two_runs_without_models_say_why_mcnemar_did_not_run(tmp_path):
+  a, b = write_run(tmp_path / 'a', seed=4), write_run(tmp_path / 'b', seed=4)
+  result = compare(a, b, f'--json={tmp_path / "r.json"}')
+  assert result.returncode == 0, result.stderr
+  assert "  McNemar's exact test: not run (A has no params.msgpack" in result.stdout
+  with open(tmp_path / 'r.json') as f:
+    report = json.load(f)
+  assert JSON_KEYS <= set(report) and report['identical'] is True
+  for key in ('welch', 'paired', 'bootstrap', 'probability_of_improvement', 'mcnemar',
+              'detectable_difference'):
+    assert report[key] is None, key
+
+
+@pytest.mark.parametrize('flag, expected', [
+    ('--target_difference=0', '--target_difference=0: expected a difference of accuracy > 0'),
+    ('--target_difference=-0.002', '--target_difference=-0.002: expected'),
+    ('--json=/nonexistent/dir/r.json', '--json=/nonexistent/dir/r.json: its directory'),
+])
+def test_bad_statistics_flags_are_one_line_and_exit_2(tmp_path, flag, expected):
+  a = write_sweep(tmp_path / 'a', {0: 0.97, 1: 0.971})
+  result = compare(a, a, flag)
+  assert result.returncode == 2 and result.stdout == ''
+  assert result.stderr.startswith('error: ') and expected in result.stderr, result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1
