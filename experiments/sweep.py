@@ -35,12 +35,13 @@ from absl import flags
 
 from mlp_jax import cli
 from mlp_jax.errors import UsageError
-from mlp_jax.flags import (config_from_flags, define_run_flags, define_training_flags,
-                           grid_from_flags, parse_seeds, reject_extra_arguments,
-                           run_options_from_flags)
+from mlp_jax.flags import (config_from_flags, define_entry_point_flags, define_run_flags,
+                           define_training_flags, grid_from_flags, parse_seeds,
+                           reject_extra_arguments, run_options_from_flags)
 
 define_training_flags()
 define_run_flags()
+define_entry_point_flags('sweep')  # --seed_curves
 flags.DEFINE_string('seeds', '0-7', 'Seeds to train: ranges and lists, e.g. 0-7, 0,3,9, '
                     '0-3,10-12.')
 flags.DEFINE_string('init_seeds', None, 'With --data_seeds, instead of --seeds: a crossed '
@@ -52,8 +53,6 @@ flags.DEFINE_string('data_seeds', None, 'With --init_seeds: the data seeds of a 
                     'design (member i, j is mlp_jax.main --init_seed=i --seed=j).')
 flags.DEFINE_string('workdir', None, 'Where to write the sweep. Default: a new folder '
                     'runs/<time>-sweep<first seed> (a crossed design: runs/<time>-crossed).')
-flags.DEFINE_bool('seed_curves', False, 'Also draw each seed\'s curves.png (after training, '
-                  'in parallel processes); the sweep\'s own curves.png is always drawn.')
 FLAGS = flags.FLAGS
 
 
@@ -83,12 +82,12 @@ def main(argv):
     from mlp_jax.crossed import check_design
     check_design(*crossed, config, grid)
   grid.points(config)  # every point's settings checked before anything is written
-  options = run_options_from_flags(seed_curves=FLAGS.seed_curves)
+  options = run_options_from_flags()
   dataset = cli.load_data_meanwhile(config)  # while JAX is imported
   from mlp_jax import environment
   from mlp_jax.run import train_sweep
   options = options.replace(program_cache_dir=environment.prepare_process(
-      FLAGS.deterministic, FLAGS.compilation_cache_dir))
+      options.deterministic, options.compilation_cache_dir))
   if crossed is None:
     train_sweep(config, seeds, FLAGS.workdir, options, _STARTED, grid, dataset())
   else:

@@ -31,7 +31,7 @@ import numpy as np
 from mlp_jax import environment
 from mlp_jax.checkpoints import (ChunkCheckpoints, NoCheckpoints, RowKey, SavePolicy,
                                  checkpointed_seeds)
-from mlp_jax.config import TrainConfig
+from mlp_jax.config import RunOptions, TrainConfig
 from mlp_jax.data import Dataset
 from mlp_jax.errors import Interrupted, UsageError
 from mlp_jax.mesh import SeedMesh
@@ -395,38 +395,18 @@ def sync_processes(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-@dataclasses.dataclass(frozen=True)
-class DriverOptions:
-  """How the driver runs chunks (none of it changes a number).
-
-  Attributes:
-    chunk_size: seeds held on the devices and trained by one program at a time.
-    checkpoint_every: N: save every N epochs and after the last; None: by cost
-      (mlp_jax.checkpoints.SavePolicy); 0: no checkpoints.
-    keep_checkpoints: how many of the newest checkpoints each chunk keeps.
-    tensorboard: write each seed's TensorBoard events.
-    stop_on_divergence: stop (raising Diverged) once a seed's loss is not finite;
-      else each diverged seed is named once and trains on.
-    prepare_curves: this process draws curves after training (RecordSink).
-  """
-  chunk_size: int
-  checkpoint_every: Optional[int]
-  keep_checkpoints: int
-  tensorboard: bool
-  stop_on_divergence: bool = False
-  prepare_curves: bool = False
-
-
 def train_members(members: Sequence[Member], todo: Sequence[Member], ctx: Context,
-                  options: DriverOptions, checkpoint_dir: Callable[[Sequence[RowKey]], str],
+                  options: RunOptions, checkpoint_dir: Callable[[Sequence[RowKey]], str],
                   reporter: Reporter, progress: Progress, timing: DriverTiming,
                   started: float, saved_dirs: Sequence[str] = ()) -> None:
   """Trains `todo`, the members of `members` whose records are not complete, to
   their last epoch, chunk by chunk.
 
-  `saved_dirs`: existing chunk checkpoint directories (a sweep's); an incomplete
-  seed checkpointed in one resumes there, with the chunk it was saved in
-  (resumable_chunks); the others are planned in chunks of options.chunk_size.
+  `options`: the run's, its chunk_size resolved (a number; see
+  mlp_jax.run.resolve_chunk_size). `saved_dirs`: existing chunk checkpoint
+  directories (a sweep's); an incomplete seed checkpointed in one resumes there,
+  with the chunk it was saved in (resumable_chunks); the others are planned in
+  chunks of options.chunk_size.
 
   Raises:
     Interrupted: SIGTERM or SIGINT arrived (to any process); the chunk was
@@ -446,7 +426,7 @@ def train_members(members: Sequence[Member], todo: Sequence[Member], ctx: Contex
       train_chunk(chunk, ctx, options, stop, reporter, progress, timing, started)
 
 
-def train_chunk(chunk: Chunk, ctx: Context, options: DriverOptions, stop: StopRequests,
+def train_chunk(chunk: Chunk, ctx: Context, options: RunOptions, stop: StopRequests,
                 reporter: Reporter, progress: Progress, timing: DriverTiming,
                 started: float) -> None:
   """Trains one chunk from its latest checkpoint (or the start) to the last epoch,
@@ -464,8 +444,9 @@ def train_chunk(chunk: Chunk, ctx: Context, options: DriverOptions, stop: StopRe
   timing.compile_seconds = ctx.programs.compile_seconds
   log = new_log(chunk.size, epochs)
   checkpoints = open_checkpoints(chunk, options, states)
+  # Process 0 draws the curves after training (mlp_jax.run.finish).
   sink = RecordSink([m.run_dir for m in members], *ctx.examples,
-                    tensorboard=options.tensorboard, prepare_curves=options.prepare_curves)
+                    tensorboard=options.tensorboard, prepare_curves=jax.process_index() == 0)
   try:
     epoch, restored, notes = checkpoints.restore_latest(
         {'state': states, 'log': ctx.mesh.put_seeds(log)})
@@ -523,7 +504,7 @@ def train_chunk(chunk: Chunk, ctx: Context, options: DriverOptions, stop: StopRe
       timing.records_seconds += sink.seconds
 
 
-def open_checkpoints(chunk: Chunk, options: DriverOptions, states: RunState):
+def open_checkpoints(chunk: Chunk, options: RunOptions, states: RunState):
   """The chunk's checkpoints (a no-op stand-in when they are off)."""
   if options.checkpoint_every == 0:
     return NoCheckpoints()

@@ -6,7 +6,7 @@ sweep. Each (point, seed) member is a complete run in
 `<workdir>/<setting>=<value>/.../seed_<k>/`, with its own config.json, and
 computes what `mlp_jax.main --<setting>=<value> ... --seed=<k>` computes.
 
-Settings that change no array shape (train.TRACED_SETTINGS: learning rate,
+Settings that change no array shape (config.TRACED_SETTINGS: learning rate,
 dropout rate) are inputs of the compiled program, so points differing only in
 them share one program and vectorise like seeds; the others (batch size, hidden
 sizes, model, schedule) make one program per value, trained one after another
@@ -19,7 +19,8 @@ import dataclasses
 import itertools
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
-from mlp_jax.config import TrainConfig, parse_hidden_sizes
+from mlp_jax.config import SWEEPABLE as SWEEP_ORDER
+from mlp_jax.config import TrainConfig, parse_hidden_sizes, setting
 from mlp_jax.errors import UsageError
 
 
@@ -43,16 +44,16 @@ def _word(flag: str, text: str) -> str:
   return text
 
 
-# Flag -> (parser of one value, separator of a list of values). hidden_sizes is
-# itself comma-separated, so its values are separated by '/': 64,64/128,128.
+_PARSERS: Dict[type, Callable[[str, str], Any]] = {
+    float: _number(float), int: _number(int), tuple: _hidden_sizes, str: _word}
+
+# Flag -> (parser of one value, separator of a list of values), in the order the
+# grid nests them (config.SWEEPABLE: the rows of config.SETTINGS marked `sweep`).
+# hidden_sizes is itself comma-separated, so its values are separated by '/':
+# 64,64/128,128.
 SWEEPABLE: Dict[str, Tuple[Callable[[str, str], Any], str]] = {
-    'learning_rate': (_number(float), ','),
-    'dropout': (_number(float), ','),
-    'batch_size': (_number(int), ','),
-    'hidden_sizes': (_hidden_sizes, '/'),
-    'model': (_word, ','),
-    'lr_schedule': (_word, ','),
-}
+    name: (_PARSERS[setting(name, 'train').type], setting(name, 'train').sweep.separator)
+    for name in SWEEP_ORDER}
 
 
 def parse_values(flag: str, text: str) -> Tuple[Any, ...]:

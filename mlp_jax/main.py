@@ -16,12 +16,12 @@ gc.disable()  # while importing: see cli.settle_garbage_collector
 from absl import flags
 
 from mlp_jax import cli
-from mlp_jax.flags import (config_from_flags, define_run_flags, define_training_flags,
-                           reject_extra_arguments, run_options_from_flags)
+from mlp_jax.flags import (config_from_flags, define_entry_point_flags, define_run_flags,
+                           define_training_flags, reject_extra_arguments, run_options_from_flags)
 
 define_training_flags()
 define_run_flags()
-flags.DEFINE_integer('seed', 0, 'The run\'s seed: initialisation and data order.')
+define_entry_point_flags('main')  # --seed
 flags.DEFINE_string('workdir', None, 'Where to write the run\'s records. Default: a new '
                     'folder runs/<time>-seed<seed>.')
 FLAGS = flags.FLAGS
@@ -38,7 +38,7 @@ def main(argv):
   from mlp_jax.run import train_and_evaluate
   cli.settle_garbage_collector()
   options = options.replace(program_cache_dir=environment.prepare_process(
-      FLAGS.deterministic, FLAGS.compilation_cache_dir))
+      options.deterministic, options.compilation_cache_dir))
   train_and_evaluate(config, FLAGS.workdir, options, started=_STARTED, dataset=dataset())
 
 

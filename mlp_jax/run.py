@@ -24,7 +24,7 @@ from mlp_jax import environment, models, records
 from mlp_jax.checkpoints import RowKey
 from mlp_jax.config import CPU_CHUNK_SIZE, RunOptions, TrainConfig
 from mlp_jax.data import Dataset, load_data
-from mlp_jax.driver import (Context, DriverOptions, DriverTiming, EpochReport, Member, Reporter,
+from mlp_jax.driver import (Context, DriverTiming, EpochReport, Member, Reporter,
                             check_chunk_fits, device_memory_bytes, seeds_that_fit,
                             sync_processes, train_members, writing_in)
 from mlp_jax.grid import Grid, GridPoint, program_groups
@@ -344,9 +344,7 @@ def train(config: TrainConfig, seeds: Sequence[int], layout: Layout, options: Ru
         if ctx is None:
           progress.add_done(len(group) * epochs)
           continue
-        driver_options = DriverOptions(chunk_size, options.checkpoint_every,
-                                       options.keep_checkpoints, options.tensorboard,
-                                       options.stop_on_divergence, prepare_curves=first)
+        driver_options = options.replace(chunk_size=chunk_size)
         if layout.sweep:
           print(f'sweep: {sweep_shape(len(points), len(seeds), len(group), epochs)}, vmap '
                 f'width {width}, chunks of {driver_options.chunk_size} over '

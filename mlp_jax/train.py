@@ -35,7 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mlp_jax.config import TrainConfig
+# TRACED_SETTINGS: the settings that are inputs of the compiled program rather than
+# part of it (the rows of config.SETTINGS marked `traced`).
+from mlp_jax.config import TRACED_SETTINGS, TrainConfig
 from mlp_jax.models import create_model
 
 PyTree = Any
@@ -51,8 +53,6 @@ _NOISE_STREAM = 2
 EVAL_BATCH = 1000
 # Random shifts of --augment: up to this many pixels in each direction.
 MAX_SHIFT = 2
-# Settings that are inputs of the compiled program rather than part of it.
-TRACED_SETTINGS = ('learning_rate', 'dropout')
 
 
 class RunState(NamedTuple):
