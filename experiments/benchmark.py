@@ -47,6 +47,35 @@ no more than MAX_GRID_RATIO times: `experiments.sweep --learning_rate=RATES
 alternated for R rounds after a warm-up of each, and prints the ratio of their
 median wall times and each one's compile seconds (timing.json).
 
+Accelerator mode (`--accelerator [--accelerator_seeds=N --accelerator_epochs=E]`) checks
+the accelerator claims in one run, on whatever backend it finds: on a GPU/TPU the
+1,000-seed x 100-epoch sweep with default flags, on a CPU 2 seeds x 1 epoch (well
+under 2 minutes on 2 cores). Each part is timed, in this order:
+
+  sweep        the sweep from a fresh (cold) compilation and program cache, then
+               again from the filled (warm) one: seed-epochs/s of training and of
+               the whole process, start-up, compile, host work itemised
+               (timing.json), peak device memory, the vmap width and chunk size.
+  determinism  a short sweep (seeds 0..W at vmap width W: its last seed a remainder
+               group) twice in two processes (identical?) and once
+               --nodeterministic (its speed, and whether its bits moved).
+  replay       the last seed of the sweep and of the short sweep replayed by
+               `mlp_jax.main --seed=k --vmap_width=W`: IDENTICAL when the trained
+               parameters are the same bytes and history.csv the same numbers.
+  precision    the short sweep at --matmul_precision=highest against the default
+               (TF32 on recent NVIDIA GPUs): speed, accuracy, whether bits moved.
+  grid         a 3-rate grid against a sweep of as many seeds, after a warm-up that
+               fills the cache for both: their wall and training time ratios.
+  roofline     bytes per seed-epoch from XLA's cost analysis of the compiled epoch
+               program, the device's memory bandwidth (a table of known devices, or
+               a measured copy), and the training rate as a fraction of their ratio.
+               Measured last, in this process: no backend is started here while
+               the children run (on a GPU it would hold most of the memory).
+
+It writes --output (top-level keys device, sweep, roofline, replay, determinism,
+precision, grid, seconds) and a markdown table beside it (the same name with .md),
+naming the device, driver, CUDA and library versions.
+
 It prints a table with the targets (PASS/FAIL) and writes every number, with the
 machine it ran on, to --output (benchmark.json). Each section also records the
 share of the CPU that other processes took while it ran (from /proc/stat); above
@@ -64,12 +93,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from absl import flags
 import jax
@@ -141,6 +172,13 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                        '1 with --quick).', flag_values=flag_values)
   flags.DEFINE_integer('e2e_epochs', E2E_EPOCHS, 'Epochs of each end-to-end run (the '
                        'target is set for 20).', flag_values=flag_values)
+  flags.DEFINE_bool('accelerator', False, 'Accelerator mode: the check of the accelerator '
+                    'claims, every part in one run (see the module docstring); writes --output '
+                    'and a markdown table beside it (its .md).', flag_values=flag_values)
+  flags.DEFINE_integer('accelerator_seeds', None, 'Accelerator mode: seeds of its sweep '
+                       '(default 1000 on a GPU/TPU, 2 on a CPU).', flag_values=flag_values)
+  flags.DEFINE_integer('accelerator_epochs', None, 'Accelerator mode: epochs of its sweep '
+                       '(default 100 on a GPU/TPU, 1 on a CPU).', flag_values=flag_values)
   flags.DEFINE_bool('e2e_only', False, 'Measure only the end-to-end section (after one '
                     '--epochs=1 run that fills the compilation cache).',
                     flag_values=flag_values)
@@ -794,12 +832,479 @@ def run_benchmark(quick: bool, torch_python: Optional[str] = None,
   return results
 
 
+
+# --- Accelerator mode: `--accelerator`, every accelerator claim measured in one run. ---
+
+# The sweep of the accelerator claims (default flags), and the CPU's small stand-in
+# that keeps the whole check well under 2 minutes on 2 cores.
+ACCELERATOR_SIZE = {'accelerator': (1000, 100), 'cpu': (2, 1)}
+# The short sweeps (determinism, precision) run seeds 0..width at this vmap width,
+# so their last seed is a remainder group padded from 1 to `width`.
+SHORT_WIDTH = {'accelerator': 4, 'cpu': 2}
+SHORT_EPOCHS = {'accelerator': 2, 'cpu': 1}
+# Grid: 3 learning rates x this many seeds against a sweep of 3x as many seeds.
+GRID_RATES = ('1e-4', '3e-4', '1e-3')
+GRID_SEEDS = {'accelerator': 64, 'cpu': 1}
+# Memory bandwidth of known devices, bytes/s (vendors' figures), by a pattern of
+# jax's device_kind (lower case; the first that matches): e.g. 'NVIDIA H100 80GB
+# HBM3', 'NVIDIA H100 PCIe', 'NVIDIA A100-SXM4-40GB', 'NVIDIA L4', 'TPU v5 lite'.
+DEVICE_BANDWIDTH = (
+    (r'\bh100\b.*\bpcie\b', 'H100 PCIe', 2.0e12),
+    (r'\bh100\b(?!.*\bnvl\b)', 'H100 SXM', 3.35e12),
+    (r'\bh200\b', 'H200', 4.8e12),
+    (r'\ba100\b.*\b40gb\b', 'A100 40GB', 1.555e12),
+    (r'\ba100\b', 'A100 80GB', 2.0e12),
+    (r'\bl4\b', 'L4', 0.3e12),
+    (r'\btpu v4\b', 'TPU v4', 1.2e12),
+    (r'\btpu v5 ?(lite|e)\b', 'TPU v5e', 0.819e12),
+)
+# Runs a module's main as `python -m` does, then writes the first device's peak
+# memory (jax's memory_stats; null on a CPU) to the file named first: the peak of
+# the whole process, taken before the interpreter exits.
+PEAK_MEMORY_WRAPPER = '''import json, runpy, sys
+out, module = sys.argv[1], sys.argv[2]
+sys.argv = [module, *sys.argv[3:]]
+try:
+  runpy.run_module(module, run_name='__main__', alter_sys=True)
+finally:
+  import jax
+  try:
+    stats = jax.local_devices()[0].memory_stats() or {}
+  except Exception:  # pylint: disable=broad-except
+    stats = {}
+  with open(out, 'w') as f:
+    json.dump({k: stats.get(k) for k in ('peak_bytes_in_use', 'bytes_limit')}, f)
+'''
+# What a child reports of the machine before anything is measured (the parent never
+# starts a backend while children run: on a GPU it would hold most of the memory).
+DEVICE_PROBE = '''import importlib.metadata, json, platform, jax
+devices = jax.devices()
+info = {'backend': jax.default_backend(), 'device_kind': devices[0].device_kind,
+        'device_count': len(devices),
+        'platform_version': getattr(devices[0].client, 'platform_version', None),
+        'python': platform.python_version(), 'versions': {}}
+for name in ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'numpy', 'tensorboardX',
+             'jax-cuda12-plugin', 'jax-cuda13-plugin', 'nvidia-cudnn-cu12', 'nvidia-cudnn-cu13'):
+  try:
+    info['versions'][name] = importlib.metadata.version(name)
+  except importlib.metadata.PackageNotFoundError:
+    pass
+try:
+  from jax._src.lib import cuda_versions
+  info['cuda'] = {'runtime': cuda_versions.cuda_runtime_get_version(),
+                  'driver': cuda_versions.cuda_driver_get_version(),
+                  'cudnn': cuda_versions.cudnn_get_version()}
+except Exception:  # pylint: disable=broad-except
+  info['cuda'] = None
+stats = devices[0].memory_stats() or {}
+info['memory_bytes'] = stats.get('bytes_limit')
+print('probe: ' + json.dumps(info))
+'''
+
+
+def probe_device(scratch: str, cache_dir: str) -> Dict[str, Any]:
+  """The backend, device, library and (on NVIDIA) driver and CUDA versions."""
+  log = os.path.join(scratch, 'probe.log')
+  run = run_command([sys.executable, '-c', DEVICE_PROBE], cache_dir, log)
+  with open(log, errors='replace') as f:
+    lines = [line for line in f if line.startswith('probe: ')]
+  if run['returncode'] != 0 or not lines:
+    raise UsageError(f'--accelerator: jax could not start a backend: {run.get("error")}')
+  info = json.loads(lines[-1][len('probe: '):])
+  info['nvidia_smi'] = None
+  if shutil.which('nvidia-smi'):
+    done = subprocess.run(['nvidia-smi', '--query-gpu=name,driver_version,memory.total',
+                           '--format=csv,noheader'], capture_output=True, text=True,
+                          timeout=60, check=False)
+    if done.returncode == 0 and done.stdout.strip():
+      name, driver, memory = (part.strip() for part in
+                              done.stdout.strip().splitlines()[0].split(','))
+      info['nvidia_smi'] = {'name': name, 'driver_version': driver, 'memory_total': memory}
+  platform_info = environment.cpu_description()
+  info['cpu'] = platform_info.get('cpu')
+  info['cpu_count'] = os.cpu_count()
+  return info
+
+
+def same_bits(run_a: str, run_b: str) -> bool:
+  """Whether two run directories hold the same trained parameters (byte for byte)
+  and the same history.csv, its *_seconds columns (wall times) left out."""
+  def history(run_dir: str) -> List[Dict[str, str]]:
+    rows = records.read_csv(os.path.join(run_dir, records.HISTORY_FILE))
+    return [{k: v for k, v in row.items() if not k.endswith('_seconds')} for row in rows]
+  def params(run_dir: str) -> bytes:
+    with open(os.path.join(run_dir, records.PARAMS_FILE), 'rb') as f:
+      return f.read()
+  try:
+    return params(run_a) == params(run_b) and history(run_a) == history(run_b)
+  except (OSError, UsageError):
+    return False
+
+
+def run_sweep(scratch: str, name: str, cache_dir: str, args: Sequence[str]) -> Dict[str, Any]:
+  """`python -m experiments.sweep ARGS --workdir=scratch/name`, with its wall time,
+  timing.json, rates, host work, the vmap width and chunk size it chose and its peak
+  device memory."""
+  workdir = os.path.join(scratch, name)
+  peak_path = os.path.join(scratch, f'{name}.peak.json')
+  log = os.path.join(scratch, f'{name}.log')
+  run = run_command([sys.executable, '-c', PEAK_MEMORY_WRAPPER, peak_path, 'experiments.sweep',
+                     *args, f'--workdir={workdir}'], cache_dir, log)
+  run['command'] = ['python', '-m', 'experiments.sweep', *args]
+  run['workdir'] = workdir
+  if run['returncode'] != 0:
+    raise UsageError(f'--accelerator: {" ".join(run["command"])} failed: {run.get("error")}')
+  timing = records.read_json_object(os.path.join(workdir, records.TIMING_FILE))
+  run.update(timing=timing, **sweep_host_work(timing),
+             seed_epochs_per_wall_second=timing['seed_epochs'] / run['wall_seconds'])
+  settings = records.read_json_object(os.path.join(workdir, records.SWEEP_FILE))
+  run['vmap_width'] = settings['config'].get('vmap_width')
+  run['seed_list'] = list(settings['seeds'])
+  with open(log, errors='replace') as f:
+    chunks = [int(line.split('chunks of ')[1].split()[0]) for line in f
+              if line.startswith('sweep: ') and 'chunks of ' in line]
+  run['chunk_size'] = chunks[0] if chunks else None
+  try:
+    run['device_memory'] = records.read_json_object(peak_path)
+  except (OSError, UsageError, ValueError):
+    run['device_memory'] = None
+  run['peak_device_bytes'] = (run['device_memory'] or {}).get('peak_bytes_in_use')
+  return run
+
+
+def run_replay(scratch: str, name: str, cache_dir: str, sweep: Dict[str, Any], seed: int,
+               epochs: int) -> Dict[str, Any]:
+  """`mlp_jax.main --seed=k --vmap_width=W` against seed k of `sweep`: identical?"""
+  workdir = os.path.join(scratch, name)
+  width = sweep['vmap_width']
+  args = [f'--seed={seed}', f'--vmap_width={width}', f'--epochs={epochs}',
+          f'--workdir={workdir}', *sweep['extra_args']]
+  run = run_child('mlp_jax.main', args, cache_dir, os.path.join(scratch, f'{name}.log'))
+  member = records.seed_dir(sweep['workdir'], seed)
+  seeds = sweep['seeds']
+  unit = width * sweep.get('device_count', 1)
+  return {'command': run['command'], 'wall_seconds': run['wall_seconds'], 'seed': seed,
+          'vmap_width': width, 'remainder_group': seeds % unit != 0 and seed >= seeds - seeds % unit,
+          'returncode': run['returncode'], 'error': run.get('error'),
+          'identical': run['returncode'] == 0 and same_bits(workdir, member)}
+
+
+def sweep_members_identical(sweep_a: Dict[str, Any], sweep_b: Dict[str, Any]) -> bool:
+  """Whether every seed of two sweeps of the same seeds has the same bits."""
+  return sweep_a['seed_list'] == sweep_b['seed_list'] and all(
+      same_bits(records.seed_dir(sweep_a['workdir'], k), records.seed_dir(sweep_b['workdir'], k))
+      for k in sweep_a['seed_list'])
+
+
+def mean_final_accuracy(sweep: Dict[str, Any]) -> float:
+  rows = records.read_csv(os.path.join(sweep['workdir'], records.POINTS_FILE))
+  return float(rows[0]['mean'])
+
+
+def sweep_summary(run: Dict[str, Any]) -> Dict[str, Any]:
+  """What the JSON keeps of a sweep (its log and timing are in the run as well)."""
+  t = run['timing']
+  return {'command': run['command'], 'wall_seconds': run['wall_seconds'],
+          'seed_epochs': t['seed_epochs'],
+          'train_seed_epochs_per_second': run['seed_epochs_per_second'],
+          'process_seed_epochs_per_second': run['seed_epochs_per_wall_second'],
+          'startup_seconds': t.get('startup_seconds'), 'compile_seconds': t.get('compile_seconds'),
+          'first_epoch_done_seconds': t.get('first_epoch_done_seconds'),
+          'train_seconds': t['train_seconds'], 'eval_seconds': t['eval_seconds'],
+          'host_seconds': run['host_seconds'], 'host_fraction': run['host_fraction'],
+          'host_itemised': run['itemised'], 'programs_from_cache': t.get('programs_from_cache'),
+          'programs_traced': t.get('programs_traced'), 'vmap_width': run['vmap_width'],
+          'chunk_size': run['chunk_size'], 'peak_device_bytes': run['peak_device_bytes'],
+          'peak_rss_bytes': run['peak_rss_bytes'], 'timing': t}
+
+
+def device_bandwidth(device_kind: str) -> Optional[Tuple[str, float]]:
+  """(the table's name, bytes/s) of a known device (DEVICE_BANDWIDTH), else None."""
+  for pattern, name, bandwidth in DEVICE_BANDWIDTH:
+    if re.search(pattern, device_kind.lower()):
+      return name, bandwidth
+  return None
+
+
+def measured_copy_bandwidth(megabytes: int, repeats: int = 5) -> float:
+  """Bytes/s of a jitted elementwise pass over a float32 array (read once, written
+  once), best of `repeats` after a warm-up."""
+  x = jnp.ones((megabytes * 2**20 // 4,), jnp.float32)
+  step = jax.jit(lambda a: a + 1.0)
+  step(x).block_until_ready()
+  best = float('inf')
+  for _ in range(repeats):
+    tick = time.perf_counter()
+    step(x).block_until_ready()
+    best = min(best, time.perf_counter() - tick)
+  return 2 * x.nbytes / best
+
+
+def measure_roofline(width: int, train_rate: float, device_kind: str, backend: str
+                     ) -> Dict[str, Any]:
+  """The training rate against the memory-bandwidth roofline (in this process; run
+  after every child, so that no backend here holds device memory meanwhile).
+
+  Bytes per seed-epoch come from XLA's cost analysis of the compiled epoch program
+  (the driver's, for a chunk of `width` seeds at vmap width `width`): XLA counts a
+  loop's body once, so its 'bytes accessed' is one optimizer step's (plus what runs
+  once an epoch), times the steps of an epoch, over the seeds. A gather counts its
+  whole operand, the training set, so this is an upper bound on the traffic.
+  """
+  config = TrainConfig()
+  mesh = SeedMesh(jax.local_devices()[:1])
+  data = to_device(load_mnist(), mesh)
+  trainer = make_trainer(config, train_size=data.train_images.shape[0])
+  programs = ChunkPrograms(trainer, data, mesh, vmap_width=width)
+  _, epoch, _ = programs.get(width)
+  analysis = epoch.cost_analysis()
+  analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+  program_bytes = float(analysis['bytes accessed'])
+  steps = trainer.examples_per_epoch // config.batch_size
+  per_seed_epoch = program_bytes * steps / width
+  known = device_bandwidth(device_kind)
+  if known is not None:
+    source, bandwidth = f'table ({known[0]})', known[1]
+  else:
+    source = 'measured copy'
+    bandwidth = measured_copy_bandwidth(64 if backend == 'cpu' else 1024)
+  roofline = bandwidth / per_seed_epoch
+  return {'program_width': width, 'program_bytes_accessed': program_bytes,
+          'steps_per_epoch': steps, 'bytes_per_seed_epoch': per_seed_epoch,
+          'bandwidth_bytes_per_second': bandwidth, 'bandwidth_source': source,
+          'roofline_seed_epochs_per_second': roofline,
+          'train_seed_epochs_per_second': train_rate,
+          'fraction_of_roofline': train_rate / roofline}
+
+
+def accelerator_size(backend: str, seeds: Optional[int], epochs: Optional[int]
+                     ) -> Dict[str, Any]:
+  """The sizes of the check's parts: the claims' on a GPU/TPU, small on a CPU."""
+  kind = 'cpu' if backend == 'cpu' else 'accelerator'
+  default_seeds, default_epochs = ACCELERATOR_SIZE[kind]
+  seeds = seeds or default_seeds
+  epochs = epochs or default_epochs
+  return {'kind': kind, 'seeds': seeds, 'epochs': epochs,
+          'short_width': SHORT_WIDTH[kind], 'short_seeds': SHORT_WIDTH[kind] + 1,
+          'short_epochs': min(epochs, SHORT_EPOCHS[kind]),
+          'grid_seeds': GRID_SEEDS[kind] if seeds >= 3 * GRID_SEEDS[kind] else 1}
+
+
+def run_accelerator_check(seeds: Optional[int] = None, epochs: Optional[int] = None
+                          ) -> Dict[str, Any]:
+  """Every part of the accelerator check, each timed (`seconds`); the JSON's dict."""
+  started = time.perf_counter()
+  results: Dict[str, Any] = {}
+  with tempfile.TemporaryDirectory(prefix='mlp_jax_accelerator_') as scratch:
+    # One fresh cache: the first sweep starts from it empty (cold), every later run
+    # finds it filled (warm). The program cache's key holds JAX's configuration, the
+    # cache's path included, so a copy elsewhere would not be warm.
+    cache = os.path.join(scratch, 'cache')
+    tick = time.perf_counter()
+    device = probe_device(scratch, os.path.join(scratch, 'cache_probe'))
+    size = accelerator_size(device['backend'], seeds, epochs)
+    device['size'] = size
+    device['seconds'] = time.perf_counter() - tick
+    device['load_average'] = [load_average()]
+    results['device'] = device
+    print(f'accelerator check on {device["backend"]} ({device["device_kind"]} x '
+          f'{device["device_count"]}): {size["seeds"]} seed(s) x {size["epochs"]} epoch(s)',
+          flush=True)
+
+    def part(key: str, what: str, measure: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
+      print(f'measuring: {what}', flush=True)
+      tick = time.perf_counter()
+      value = measure()
+      value['seconds'] = time.perf_counter() - tick
+      results[key] = value
+      return value
+
+    main_args = [f'--seeds=0-{size["seeds"] - 1}', f'--epochs={size["epochs"]}']
+    sweeps: Dict[str, Dict[str, Any]] = {}
+
+    def measure_sweep_part() -> Dict[str, Any]:
+      sweeps['cold'] = run_sweep(scratch, 'sweep_cold', cache, main_args)
+      sweeps['warm'] = run_sweep(scratch, 'sweep_warm', cache, main_args)
+      return {'seeds': size['seeds'], 'epochs': size['epochs'],
+              'cold': sweep_summary(sweeps['cold']), 'warm': sweep_summary(sweeps['warm'])}
+    part('sweep', f'{size["seeds"]} seeds x {size["epochs"]} epochs, cold and warm cache',
+         measure_sweep_part)
+
+    short_args = [f'--seeds=0-{size["short_seeds"] - 1}', f'--epochs={size["short_epochs"]}',
+                  f'--vmap_width={size["short_width"]}']
+
+    def measure_determinism() -> Dict[str, Any]:
+      for name, extra in (('first', []), ('second', []), ('nondeterministic',
+                                                          ['--nodeterministic'])):
+        sweeps[name] = run_sweep(scratch, f'short_{name}', cache, [*short_args, *extra])
+      rate = lambda name: sweeps[name]['seed_epochs_per_second']
+      return {'command': sweeps['first']['command'],
+              'identical': sweep_members_identical(sweeps['first'], sweeps['second']),
+              'deterministic_seed_epochs_per_second': [rate('first'), rate('second')],
+              'nondeterministic_seed_epochs_per_second': rate('nondeterministic'),
+              'speedup_without_determinism': rate('nondeterministic') / max(
+                  rate('first'), rate('second')),
+              'nondeterministic_bits_moved': not sweep_members_identical(
+                  sweeps['first'], sweeps['nondeterministic'])}
+    part('determinism', 'the same short sweep twice, and once --nodeterministic',
+         measure_determinism)
+
+    def measure_replay() -> Dict[str, Any]:
+      main = {**sweeps['warm'], 'seeds': size['seeds'], 'extra_args': [],
+              'device_count': device['device_count']}
+      short = {**sweeps['first'], 'seeds': size['short_seeds'],
+               'extra_args': [], 'device_count': device['device_count']}
+      replays = [run_replay(scratch, 'replay_sweep', cache, main, size['seeds'] - 1,
+                            size['epochs']),
+                 run_replay(scratch, 'replay_remainder', cache, short,
+                            size['short_seeds'] - 1, size['short_epochs'])]
+      return {'replays': replays, 'identical': all(r['identical'] for r in replays),
+              'remainder_group_included': any(r['remainder_group'] for r in replays)}
+    part('replay', 'members replayed by mlp_jax.main --seed=k --vmap_width=W', measure_replay)
+
+    def measure_precision() -> Dict[str, Any]:
+      sweeps['highest'] = run_sweep(scratch, 'short_highest', cache,
+                                    [*short_args, '--matmul_precision=highest'])
+      default, highest = sweeps['first'], sweeps['highest']
+      return {'default_seed_epochs_per_second': default['seed_epochs_per_second'],
+              'highest_seed_epochs_per_second': highest['seed_epochs_per_second'],
+              'default_over_highest_speed': (default['seed_epochs_per_second'] /
+                                             highest['seed_epochs_per_second']),
+              'default_mean_final_test_accuracy': mean_final_accuracy(default),
+              'highest_mean_final_test_accuracy': mean_final_accuracy(highest),
+              'bits_moved': not sweep_members_identical(default, highest)}
+    part('precision', 'default matmul precision against --matmul_precision=highest',
+         measure_precision)
+
+    def measure_grid() -> Dict[str, Any]:
+      g, epochs_ = size['grid_seeds'], size['short_epochs']
+      # A warm-up fills the cache with the programs of 3g members (with a constant
+      # rate their key leaves out the epochs), so that neither measured run compiles.
+      run_sweep(scratch, 'grid_warmup', cache, [f'--seeds=0-{len(GRID_RATES) * g - 1}',
+                                                '--epochs=1'])
+      sweep = run_sweep(scratch, 'grid_sweep', cache,
+                        [f'--seeds=0-{len(GRID_RATES) * g - 1}', f'--epochs={epochs_}'])
+      grid = run_sweep(scratch, 'grid', cache, [f'--seeds=0-{g - 1}', f'--epochs={epochs_}',
+                                                     f'--learning_rate={",".join(GRID_RATES)}'])
+      return {'rates': list(GRID_RATES), 'seeds_per_rate': g, 'epochs': epochs_,
+              'grid': sweep_summary(grid), 'sweep': sweep_summary(sweep),
+              'wall_ratio': grid['wall_seconds'] / sweep['wall_seconds'],
+              'train_ratio': grid['timing']['train_seconds'] / sweep['timing']['train_seconds']}
+    part('grid', f'{len(GRID_RATES)}-rate grid against a sweep of as many seeds', measure_grid)
+
+    warm = sweeps['warm']
+    part('roofline', 'bytes per seed-epoch (cost analysis) against memory bandwidth',
+         lambda: measure_roofline(min(warm['vmap_width'] or 1, 8),
+                                  warm['seed_epochs_per_second'], device['device_kind'],
+                                  device['backend']))
+  results['device']['load_average'].append(load_average())
+  results['seconds'] = time.perf_counter() - started
+  return results
+
+
+def _rate(value: Optional[float]) -> str:
+  if value is None:
+    return 'n/a'
+  return f'{value:,.1f}' if value >= 100 else f'{value:.3g}'
+
+
+def _bytes(value: Optional[float]) -> str:
+  return 'n/a' if value is None else f'{value / 2**30:.2f} GiB'
+
+
+def accelerator_table(results: Dict[str, Any]) -> str:
+  """The markdown table of an accelerator check: the device and versions, then each
+  figure."""
+  d, s = results['device'], results['sweep']
+  smi = d.get('nvidia_smi') or {}
+  cuda = d.get('cuda') or {}
+  versions = ', '.join(f'{k} {v}' for k, v in sorted(d['versions'].items()))
+  lines = [f'Device: {d["device_kind"]} x {d["device_count"]} ({d["backend"]}); '
+           f'driver {smi.get("driver_version", "n/a")}; CUDA runtime '
+           f'{cuda.get("runtime", "n/a")}, driver API {cuda.get("driver", "n/a")}, cuDNN '
+           f'{cuda.get("cudnn", "n/a")}; host CPU {d.get("cpu")} ({d.get("cpu_count")} '
+           f'cores); Python {d["python"]}; {versions}.', '',
+           '| part | figure | value |', '|---|---|---|']
+  row = lambda part, figure, value: lines.append(f'| {part} | {figure} | {value} |')
+  for name in ('cold', 'warm'):
+    r = s[name]
+    label = f'sweep {s["seeds"]} x {s["epochs"]}, {name} cache'
+    row(label, 'seed-epochs/s: training / whole process',
+        f'{_rate(r["train_seed_epochs_per_second"])} / '
+        f'{_rate(r["process_seed_epochs_per_second"])}')
+    row(label, 'wall / start-up / compile', f'{r["wall_seconds"]:.1f} s / '
+        f'{_seconds(r["startup_seconds"])} s / {_seconds(r["compile_seconds"])} s')
+    items = r['host_itemised']
+    row(label, 'host work: records / checkpoints / summaries',
+        ' / '.join(f'{_seconds(items.get(k))} s' for k in ('records_seconds',
+                                                           'checkpoint_seconds',
+                                                           'summary_seconds'))
+        + f' ({r["host_fraction"]:.3f} of training + evaluation)')
+    row(label, 'vmap width / chunk size / peak device memory',
+        f'{r["vmap_width"]} / {r["chunk_size"]} / {_bytes(r["peak_device_bytes"])}')
+  f = results['roofline']
+  row('roofline', 'bytes per seed-epoch (cost analysis) / bandwidth',
+      f'{f["bytes_per_seed_epoch"] / 1e9:.2f} GB / {f["bandwidth_bytes_per_second"] / 1e12:.3f} '
+      f'TB/s ({f["bandwidth_source"]})')
+  row('roofline', 'roofline / training seed-epochs/s (fraction)',
+      f'{_rate(f["roofline_seed_epochs_per_second"])} / '
+      f'{_rate(f["train_seed_epochs_per_second"])} ({f["fraction_of_roofline"]:.3f})')
+  for replay in results['replay']['replays']:
+    row('replay', f'seed {replay["seed"]} at width {replay["vmap_width"]}'
+        + (' (remainder group)' if replay['remainder_group'] else ''),
+        'IDENTICAL' if replay['identical'] else 'DIFFERENT')
+  det = results['determinism']
+  row('determinism', 'two processes, default flags',
+      'identical' if det['identical'] else 'DIFFERENT')
+  row('determinism', '--nodeterministic: speed-up / bits moved',
+      f'{det["speedup_without_determinism"]:.3f} / '
+      f'{"yes" if det["nondeterministic_bits_moved"] else "no"}')
+  p = results['precision']
+  row('precision', 'default / highest seed-epochs/s',
+      f'{_rate(p["default_seed_epochs_per_second"])} / '
+      f'{_rate(p["highest_seed_epochs_per_second"])}')
+  row('precision', 'mean final test accuracy default / highest; bits moved',
+      f'{p["default_mean_final_test_accuracy"]:.4f} / {p["highest_mean_final_test_accuracy"]:.4f};'
+      f' {"yes" if p["bits_moved"] else "no"}')
+  g = results['grid']
+  row('grid', f'{len(g["rates"])} rates x {g["seeds_per_rate"]} seeds / sweep of '
+      f'{len(g["rates"]) * g["seeds_per_rate"]}: wall (training) ratio',
+      f'{g["wall_ratio"]:.3f} ({g["train_ratio"]:.3f})')
+  load = ' -> '.join('n/a' if sample is None else f'{sample[0]:.1f}'
+                     for sample in d.get('load_average') or [])
+  lines += ['', f'Check: {results["seconds"]:.0f} s in all; load average (1 min) at its start '
+            f'and end {load}.']
+  return '\n'.join(lines)
+
+
+def accelerator_main(output: str, seeds: Optional[int], epochs: Optional[int]) -> None:
+  """--accelerator: runs the check, prints the table, writes OUTPUT and OUTPUT's .md."""
+  for flag, value in (('accelerator_seeds', seeds), ('accelerator_epochs', epochs)):
+    if value is not None and value < 1:
+      raise UsageError(f'--{flag} must be at least 1, got {value}')
+  results = run_accelerator_check(seeds, epochs)
+  table = accelerator_table(results)
+  print()
+  print(table)
+  write_results(output, results)
+  markdown = os.path.splitext(output)[0] + '.md'
+  try:
+    records.write_bytes_atomic(markdown, (table + '\n').encode())
+  except OSError as e:
+    raise UsageError(f'--output={output}: cannot write {markdown}: {e.strerror}') from None
+  print(f'\naccelerator check: {results["seconds"]:.0f} s; measurements in {output}, table in '
+        f'{markdown}')
+
+
 def main(argv):
   reject_extra_arguments(argv)
   output = flags.FLAGS.output
   if not os.path.isdir(os.path.dirname(os.path.abspath(output))):
     raise UsageError(f'--output={output}: no such directory')
   started = time.perf_counter()
+  if flags.FLAGS.accelerator:
+    accelerator_main(output, flags.FLAGS.accelerator_seeds, flags.FLAGS.accelerator_epochs)
+    return
   if flags.FLAGS.grid_seeds is not None:
     if flags.FLAGS.grid_seeds < 1 or flags.FLAGS.grid_rounds < 1 or flags.FLAGS.sweep_epochs < 1:
       raise UsageError('--grid_seeds, --grid_rounds and --sweep_epochs must be at least 1')

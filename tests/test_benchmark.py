@@ -259,3 +259,93 @@ def test_grid_mode_compares_a_grid_with_a_sweep_of_as_many_seeds(tmp_path, monke
   assert result['ratio'] == pytest.approx(32 / 27) and result['passed']
   text = benchmark.format_grid_mode(result)
   assert 'grid / sweep wall time 1.185 (<= 1.2 PASS)' in text and 'compile 1.50, 1.50 s' in text
+
+
+@pytest.mark.parametrize('device_kind, bandwidth', [
+    ('NVIDIA H100 80GB HBM3', 3.35e12), ('NVIDIA H100 PCIe', 2.0e12), ('NVIDIA H200', 4.8e12),
+    ('NVIDIA A100-SXM4-40GB', 1.555e12), ('NVIDIA A100-PCIE-40GB', 1.555e12),
+    ('NVIDIA A100-SXM4-80GB', 2.0e12), ('NVIDIA L4', 0.3e12), ('TPU v4', 1.2e12),
+    ('TPU v5 lite', 0.819e12),
+    # Not in the table (other bandwidths): the check measures a copy instead.
+    ('NVIDIA L40S', None), ('NVIDIA H100 NVL', None), ('NVIDIA GH200 480GB', None),
+    ('TPU v5p', None), ('cpu', None)])
+def test_bandwidth_of_known_devices(device_kind, bandwidth):
+  known = benchmark.device_bandwidth(device_kind)
+  assert (known and known[1]) == bandwidth
+
+
+def test_accelerator_size_is_the_claims_on_a_gpu_and_small_on_a_cpu():
+  gpu = benchmark.accelerator_size('gpu', None, None)
+  assert (gpu['seeds'], gpu['epochs']) == (1000, 100)
+  assert (gpu['short_seeds'], gpu['short_width']) == (5, 4)  # seed 4: a remainder group
+  assert gpu['grid_seeds'] == 64
+  cpu = benchmark.accelerator_size('cpu', None, None)
+  assert (cpu['seeds'], cpu['epochs'], cpu['short_epochs']) == (2, 1, 1)
+  assert benchmark.accelerator_size('cpu', 1, 3)['seeds'] == 1
+  assert benchmark.accelerator_size('tpu', 10, 3)['grid_seeds'] == 1  # 3 x 64 > 10 seeds
+
+
+def _run_dir(path, params=b'params', test_loss='0.25', seconds='1.5'):
+  os.makedirs(path)
+  with open(os.path.join(path, records.PARAMS_FILE), 'wb') as f:
+    f.write(params)
+  with open(os.path.join(path, records.HISTORY_FILE), 'w') as f:
+    f.write(f'epoch,test_loss,epoch_seconds\n1,{test_loss},{seconds}\n')
+  return str(path)
+
+
+def test_same_bits_compares_parameters_and_history_but_not_wall_times(tmp_path):
+  a = _run_dir(tmp_path / 'a')
+  assert benchmark.same_bits(a, _run_dir(tmp_path / 'b', seconds='9.0'))
+  assert not benchmark.same_bits(a, _run_dir(tmp_path / 'c', params=b'paramz'))
+  assert not benchmark.same_bits(a, _run_dir(tmp_path / 'd', test_loss='0.2500001'))
+  assert not benchmark.same_bits(a, str(tmp_path / 'missing'))
+
+
+@pytest.mark.parametrize('args, expected', [
+    (['--accelerator', '--accelerator_seeds=0'], '--accelerator_seeds must be at least 1'),
+    (['--accelerator', '--accelerator_epochs=-1'], '--accelerator_epochs must be at least 1'),
+])
+def test_bad_accelerator_sizes_are_one_clear_line(args, expected, run_module, tmp_path):
+  result = run_module('experiments.benchmark', *args, f'--output={tmp_path}/a.json',
+                      timeout=120)
+  assert result.returncode == 2
+  assert result.stderr.strip() == f'error: {expected}, got {args[1].split("=")[1]}'
+  assert not os.listdir(tmp_path)
+
+
+@pytest.mark.slow  # 13 processes, each importing jax: ~1 min on 2 idle cores
+def test_the_accelerator_check_runs_every_part_at_its_cpu_size(run_module, tmp_path):
+  output = tmp_path / 'check.json'
+  result = run_module('experiments.benchmark', '--accelerator', '--accelerator_seeds=1',
+                      f'--output={output}', timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  with open(output) as f:
+    check = json.load(f)
+  assert {'device', 'sweep', 'roofline', 'replay', 'determinism', 'precision',
+          'grid'} <= set(check)
+  assert check['device']['backend'] == 'cpu' and check['device']['size']['seeds'] == 1
+  for part in ('sweep', 'roofline', 'replay', 'determinism', 'precision', 'grid'):
+    assert check[part]['seconds'] > 0, part
+  cold, warm = check['sweep']['cold'], check['sweep']['warm']
+  assert cold['programs_traced'] == 3 and cold['programs_from_cache'] == 0
+  assert warm['programs_traced'] == 0 and warm['programs_from_cache'] == 3
+  assert warm['seed_epochs'] == 1 and warm['vmap_width'] == 1
+  assert warm['train_seed_epochs_per_second'] > warm['process_seed_epochs_per_second'] > 0
+  # Replays, the two deterministic processes and the CPU's --nodeterministic (a CPU is
+  # deterministic anyway) give the same bits; the remainder group's replay is among them.
+  assert check['replay']['identical'] is True
+  assert check['replay']['remainder_group_included'] is True
+  assert check['determinism']['identical'] is True
+  assert check['determinism']['nondeterministic_bits_moved'] is False
+  assert isinstance(check['precision']['bits_moved'], bool)
+  assert check['grid']['wall_ratio'] > 0 and check['grid']['seeds_per_rate'] == 1
+  roofline = check['roofline']
+  assert roofline['bandwidth_source'] == 'measured copy'
+  assert roofline['bytes_per_seed_epoch'] == pytest.approx(
+      roofline['program_bytes_accessed'] * roofline['steps_per_epoch'] /
+      roofline['program_width'])
+  with open(tmp_path / 'check.md') as f:
+    table = f.read()
+  assert table.startswith('Device: cpu x 1 (cpu)') and '| replay |' in table
+  assert 'jax 0.' in table and 'IDENTICAL' in table
