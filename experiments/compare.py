@@ -669,9 +669,10 @@ def _test_set_error_lines(a: Side, b: Side, samples: Mapping[str, List[float]],
   accuracy = float(np.mean(values))
   error = stats.test_set_error(accuracy, n_test)
   report['test_set_error'] = {'half_width': error, 'accuracy': accuracy, 'n_test': n_test}
+  beside = ('; seed CIs above hold this test set fixed and leave it out'
+            if isinstance(a, Sweep) and isinstance(b, Sweep) else '')
   return [f'  test-set sampling error: ±{error:.6f} (95% binomial interval of an accuracy of '
-          f'{accuracy:.4f} on {n_test:,} test images; seed CIs above hold this test set '
-          'fixed and leave it out)']
+          f'{accuracy:.4f} on {n_test:,} test images{beside})']
 
 
 # ----------------------------------------------------------------------------- picture
