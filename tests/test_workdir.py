@@ -170,6 +170,23 @@ def test_a_run_written_before_markers_still_resumes(tiny, finished, tmp_path):
   assert os.path.exists(path / records.MARKER_FILE)
 
 
+
+@pytest.mark.parametrize('damage', ['delete', 'truncate'])
+def test_a_lost_history_of_a_finished_run_is_rebuilt(tiny, finished, tmp_path, capsys, damage):
+  import shutil  # pylint: disable=g-import-not-at-top
+  from conftest import without_timing  # pylint: disable=g-import-not-at-top
+  path = tmp_path / 'run'
+  shutil.copytree(finished, path)
+  history, params = read(path / records.HISTORY_FILE), read(path / records.PARAMS_FILE, 'rb')
+  if damage == 'delete':
+    os.remove(path / records.HISTORY_FILE)
+  else:  # the header alone: no epoch
+    (path / records.HISTORY_FILE).write_text(history.splitlines()[0] + '\n')
+  _train(tiny, path, config=CONFIG.replace(epochs=1))
+  assert 'though the run has its parameters; rebuilding' in capsys.readouterr().out
+  assert without_timing(read(path / records.HISTORY_FILE)) == without_timing(history)
+  assert read(path / records.PARAMS_FILE, 'rb') == params
+
 # ----------------------------------------------------------------------------- compare
 
 
