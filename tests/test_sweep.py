@@ -243,7 +243,8 @@ def test_extension_message_and_what_is_refused(subset, tmp_path, capsys):
   with pytest.raises(WorkdirError, match=r'holds a sweep of seeds 0-1; seeds 1,7 leave out 1 '
                      r'of them \(0\): .* use --overwrite'):
     _train(subset, workdir, [1, 7], config=config, checkpoint_every=0)
-  with pytest.raises(WorkdirError, match=r'other settings \(config.learning_rate'):
+  with pytest.raises(WorkdirError,
+                     match=r'other settings \((config\.)?learning_rate 0.001 -> 0.01'):
     _train(subset, workdir, [0, 1, 2], config=config.replace(learning_rate=0.01),
            checkpoint_every=0)
   with pytest.raises(WorkdirError, match=r'other settings \(seeds \[0, 1\] -> \[1, 0\]'):
