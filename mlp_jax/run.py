@@ -32,6 +32,7 @@ from mlp_jax.program_cache import ProgramCache
 from mlp_jax.train import program_config
 from mlp_jax.progress import Progress
 from mlp_jax.sink import render_curves
+from mlp_jax.tensorboard import member_runs, write_grid_hparams
 from mlp_jax.workdir import (RUN, SWEEP, WorkdirError, claim, is_ours, lock,
                              refuse_other_settings, remove_entries, write_marker)
 
@@ -310,8 +311,6 @@ def train(config: TrainConfig, seeds: Sequence[int], layout: Layout, options: Ru
     # member over (prepare_run_dirs deletes their records).
     complete = set() if options.overwrite else {
         m.run_dir for m in members if records.is_complete(m.run_dir)}
-    if not options.overwrite:
-      say_what_is_rebuilt([m.run_dir for m in members if m.run_dir not in complete])
     due = [any(m.run_dir not in complete for m in group) for group in groups]
     programs = ProgramCache(options.program_cache_dir) if options.program_cache_dir else None
     contexts = create_contexts(groups, due, width, dataset, programs)
@@ -341,12 +340,16 @@ def train(config: TrainConfig, seeds: Sequence[int], layout: Layout, options: Ru
     epochs = config.epochs
     progress = Progress(len(members) * epochs, unit='seed-epochs' if layout.sweep
                         else 'epochs', out=sys.stdout, bar=sys.stderr)
+    # Beyond 64 seeds per point a sweep's TensorBoard holds each point's mean, unless
+    # every member is asked for: TensorBoard slows down at a few hundred runs.
+    member_tensorboard = options.tensorboard and (
+        not layout.sweep or member_runs(len(seeds), options.tensorboard_members))
     try:
       for group, ctx, chunk_size in zip(groups, contexts, chunk_sizes):
         if ctx is None:
           progress.add_done(len(group) * epochs)
           continue
-        driver_options = options.replace(chunk_size=chunk_size)
+        driver_options = options.replace(chunk_size=chunk_size, tensorboard=member_tensorboard)
         if layout.sweep:
           print(f'sweep: {sweep_shape(len(points), len(seeds), len(group), epochs)}, vmap '
                 f'width {width}, chunks of {driver_options.chunk_size} over '
@@ -363,16 +366,6 @@ def train(config: TrainConfig, seeds: Sequence[int], layout: Layout, options: Ru
     if jax.process_index() != 0:
       return None
     return finish(points, members, layout, options, timing, started, dataset)
-
-
-def say_what_is_rebuilt(run_dirs: Sequence[str]) -> None:
-  """Names each finished run (its parameters written) whose history.csv is lost or
-  damaged: it is finished again from its checkpoint, which rewrites the history
-  from the checkpoint's metrics log (or retrained: the same bits)."""
-  for run_dir in run_dirs:
-    if records.params_written(run_dir):
-      print(f'mlp_jax: {records.missing_history(run_dir)}, though the run has its '
-            'parameters; rebuilding its records from its checkpoint', flush=True)
 
 
 def create_contexts(groups: Sequence[Sequence[Member]], due: Sequence[bool], width: int,
@@ -418,7 +411,8 @@ def finish(points: Sequence[GridPoint], members: List[Member], layout: Layout,
   timing_path = os.path.join(layout.workdir, records.TIMING_FILE)
   trained = bool(timing.seed_epochs) or not os.path.exists(timing_path)
   if trained and layout.sweep:
-    write_summaries(layout.workdir, points, members, options.tensorboard, dataset)
+    write_summaries(layout.workdir, points, members, options.tensorboard, dataset,
+                    options.tensorboard_members)
   timing.summary_seconds = time.perf_counter() - tick
   if trained:
     timing.total_seconds = time.perf_counter() - started
@@ -427,10 +421,13 @@ def finish(points: Sequence[GridPoint], members: List[Member], layout: Layout,
 
 
 def write_summaries(workdir: str, points: Sequence[GridPoint], members: Sequence[Member],
-                    tensorboard: bool, dataset: Dataset) -> None:
+                    tensorboard: bool, dataset: Dataset,
+                    tensorboard_members: bool = False) -> None:
   """A sweep's statistics, per grid point (a sweep without a grid is one point):
   summary.csv, final.csv, points.csv (ranked, with each point's ensemble),
-  curves.png (a band per point) and the mean's TensorBoard events."""
+  curves.png (a band per point), the mean's TensorBoard events and, for a grid,
+  its HParams table (mlp_jax.tensorboard.write_grid_hparams; `tensorboard_members`:
+  a run per member even beyond 64 per point)."""
   # Imported here: scipy and matplotlib take a second of a single run's start-up.
   from mlp_jax import inference, plots, stats  # pylint: disable=g-import-not-at-top
   per_point = len(members) // len(points)
@@ -472,6 +469,15 @@ def write_summaries(workdir: str, points: Sequence[GridPoint], members: Sequence
                                   for m in records.METRIC_COLUMNS})
     finally:
       writer.close()
+    if points[0].settings:
+      tensorboard_dir = os.path.join(workdir, records.TENSORBOARD_DIR)
+      write_grid_hparams(
+          tensorboard_dir, [p.settings for p in points],
+          [[os.path.join(m.run_dir, records.TENSORBOARD_DIR)
+            for m in members[i * per_point:(i + 1) * per_point]] for i in range(len(points))],
+          [os.path.join(tensorboard_dir, p.name) for p in points], [c for _, c in bands],
+          [n / len(dataset.test_labels) for n in correct],
+          member_runs(per_point, tensorboard_members))
 
 
 def epoch_line(report: EpochReport) -> str:
