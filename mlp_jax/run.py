@@ -33,7 +33,8 @@ from mlp_jax.train import program_config
 from mlp_jax.progress import Progress
 from mlp_jax.sink import render_curves
 from mlp_jax.tensorboard import member_runs, write_grid_hparams
-from mlp_jax.workdir import (RUN, SWEEP, WorkdirError, claim, is_ours, lock,
+from mlp_jax.errors import Interrupted
+from mlp_jax.workdir import (RUN, SWEEP, StopRequests, WorkdirError, claim, is_ours, lock,
                              refuse_other_settings, remove_entries, write_marker)
 
 def default_workdir(name: str) -> str:
@@ -301,7 +302,9 @@ def train(config: TrainConfig, seeds: Sequence[int], layout: Layout, options: Ru
   timing = DriverTiming()
   kind = SWEEP if layout.sweep else RUN
   claim(layout.workdir, kind, write=False)  # before the lock file: a folder not ours stays so
-  with lock(layout.workdir, jax.process_index()), writing_in(layout.workdir):
+  # Signals stop at an epoch boundary (the driver) or between the final writes (finish).
+  with lock(layout.workdir, jax.process_index()), writing_in(layout.workdir), \
+      StopRequests() as stop:
     claim(layout.workdir, kind, write=jax.process_index() == 0)
     layout.refuse_the_other_layout()
     members = [layout.member(p.config.replace(seed=s), p) for p in points for s in seeds]
@@ -365,7 +368,7 @@ def train(config: TrainConfig, seeds: Sequence[int], layout: Layout, options: Ru
     sync_processes('mlp_jax: all seeds trained')
     if jax.process_index() != 0:
       return None
-    return finish(points, members, layout, options, timing, started, dataset)
+    return finish(points, members, layout, options, timing, started, dataset, stop)
 
 
 def create_contexts(groups: Sequence[Sequence[Member]], due: Sequence[bool], width: int,
@@ -396,17 +399,23 @@ def sweep_shape(points: int, seeds: int, members: int, epochs: int) -> str:
 
 
 def finish(points: Sequence[GridPoint], members: List[Member], layout: Layout,
-           options: RunOptions, timing: DriverTiming, started: float, dataset: Dataset
-           ) -> Outcome:
+           options: RunOptions, timing: DriverTiming, started: float, dataset: Dataset,
+           stop: Optional[StopRequests] = None) -> Outcome:
   """What follows training: curves, a sweep's summaries, timing.json (written only
-  when something was trained, or missing)."""
+  when something was trained, or missing).
+
+  A signal seen by `stop` stops between these writes (each is whole), with one
+  line (Interrupted); the same command then writes what is missing."""
   tick = time.perf_counter()
   run_dirs = [m.run_dir for m in members]
+  stop_point(stop, layout, 'none of them written yet')
   if not layout.sweep or options.seed_curves:
     missing = [m for m in members if not os.path.exists(os.path.join(m.run_dir,
                                                                        records.CURVES_FILE))]
     render_curves([m.run_dir for m in missing],
-                  [f'{models.describe(m.config)}, seed {m.config.seed}' for m in missing])
+                  [f'{models.describe(m.config)}, seed {m.config.seed}' for m in missing],
+                  should_stop=lambda: stop is not None and stop.requested is not None)
+    stop_point(stop, layout, 'some curves.png drawn')
   curves = records.read_curves(run_dirs)
   timing_path = os.path.join(layout.workdir, records.TIMING_FILE)
   trained = bool(timing.seed_epochs) or not os.path.exists(timing_path)
@@ -415,9 +424,19 @@ def finish(points: Sequence[GridPoint], members: List[Member], layout: Layout,
                     options.tensorboard_members)
   timing.summary_seconds = time.perf_counter() - tick
   if trained:
+    stop_point(stop, layout, 'the summaries written, not timing.json')
     timing.total_seconds = time.perf_counter() - started
     records.write_json(timing_path, timing.as_dict())
   return Outcome(members, curves['test_accuracy'][:, -1], timing, bool(timing.seed_epochs))
+
+
+def stop_point(stop: Optional[StopRequests], layout: Layout, done: str) -> None:
+  """Interrupted if a signal has arrived: the final writes stop here, saying how far
+  they got."""
+  if stop is not None and stop.requested is not None:
+    raise Interrupted(f'mlp_jax: stopped by {stop.requested.name} during the final writes '
+                      f'({done}); every seed is trained: run the same command again to '
+                      f'finish them in {layout.workdir}', stop.requested)
 
 
 def write_summaries(workdir: str, points: Sequence[GridPoint], members: Sequence[Member],

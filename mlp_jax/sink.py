@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import signal
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -189,19 +190,53 @@ def accuracies(metrics: Dict[str, np.ndarray], train_examples: int, test_example
 
 
 def render_curves(run_dirs: Sequence[str], titles: Sequence[str],
-                  workers: Optional[int] = None) -> None:
+                  workers: Optional[int] = None,
+                  should_stop: Callable[[], bool] = lambda: False) -> bool:
   """Draws <run_dir>/curves.png of each finished run from its history.csv, in
-  parallel processes when there are several (matplotlib is not thread-safe)."""
+  parallel processes when there are several (matplotlib is not thread-safe).
+
+  Returns False if `should_stop()` (asked between pictures) said to stop first:
+  the pictures not yet drawn are left out (each one is written whole). The
+  processes ignore SIGINT and SIGTERM (the parent decides) and end when the
+  parent does, however it ends."""
   if len(run_dirs) <= 1:
     for run_dir, title in zip(run_dirs, titles):
+      if should_stop():
+        return False
       _render_one(run_dir, title)
-    return
+    return True
   import multiprocessing  # pylint: disable=g-import-not-at-top
   workers = workers or min(len(run_dirs), os.cpu_count() or 1)
   # Spawned, not forked: a fork of a process running JAX's threads can deadlock.
   with concurrent.futures.ProcessPoolExecutor(
-      workers, mp_context=multiprocessing.get_context('spawn')) as pool:
-    list(pool.map(_render_one, run_dirs, titles, chunksize=max(1, len(run_dirs) // workers)))
+      workers, mp_context=multiprocessing.get_context('spawn'),
+      initializer=_curves_worker, initargs=(os.getpid(),)) as pool:
+    pending = {pool.submit(_render_one, d, t) for d, t in zip(run_dirs, titles)}
+    while pending:
+      done, pending = concurrent.futures.wait(pending, timeout=0.2,
+                                              return_when=concurrent.futures.FIRST_COMPLETED)
+      for future in done:
+        future.result()
+      if pending and should_stop():
+        for future in pending:
+          future.cancel()
+        return False
+  return True
+
+
+def _curves_worker(parent: int) -> None:
+  """In a process drawing curves: signals are the parent's to act on, and the
+  process ends within a second of its parent, even one killed by SIGKILL (whose
+  pool cannot tell it to)."""
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+  def watch():
+    while os.getppid() == parent:
+      time.sleep(0.5)
+    os._exit(1)  # pylint: disable=protected-access
+
+  threading.Thread(target=watch, name='mlp_jax-parent-watch', daemon=True).start()
 
 
 def _render_one(run_dir: str, title: str) -> None:

@@ -271,11 +271,18 @@ def remove_entries(workdir: str, names: Iterable[str]) -> None:
 
 
 class StopRequests:
-  """Context manager: SIGTERM/SIGINT set `requested` instead of killing the process."""
+  """Context manager: SIGTERM/SIGINT set `requested` instead of killing the process.
+
+  Nested uses share the outermost one (`with StopRequests() as stop` inside another
+  gives the same object), so a signal that arrives in an inner phase (the driver's
+  last writes) is still seen by the outer one (the final writes that follow)."""
+
+  _active: Optional['StopRequests'] = None
 
   def __init__(self):
     self.requested: Optional[signal.Signals] = None
     self._previous: Dict[int, Any] = {}
+    self._outer: Optional['StopRequests'] = None
 
   def _handle(self, signum, frame):
     del frame
@@ -286,10 +293,18 @@ class StopRequests:
     self.requested = signal.Signals(signum)
 
   def __enter__(self) -> 'StopRequests':
+    if StopRequests._active is not None:
+      self._outer = StopRequests._active
+      return self._outer
     for signum in (signal.SIGTERM, signal.SIGINT):
       self._previous[signum] = signal.signal(signum, self._handle)
+    StopRequests._active = self
     return self
 
   def __exit__(self, *exc_info) -> None:
+    if self._outer is not None:
+      self._outer = None
+      return
+    StopRequests._active = None
     for signum, handler in self._previous.items():
       signal.signal(signum, handler)

@@ -408,30 +408,34 @@ def _sigterm_at(monkeypatch, owner, name, call=1):
   monkeypatch.setattr(owner, name, patched)
 
 
-PHASES = {  # where SIGTERM arrives; the epoch after which the run stops (None: it finishes)
-    'compile': (driver.ChunkPrograms, 'get', 1, 1),
-    'epoch': (driver.Context, 'run_epoch', 2, 2),
-    'save': (checkpoints.ChunkCheckpoints, 'save', 1, 2),
-    'finish': (sink.RecordSink, 'finish', 1, None),
+PHASES = {  # where SIGTERM arrives; where the run stops (after an epoch, or in the final writes)
+    'compile': (driver.ChunkPrograms, 'get', 1, 'after epoch 1'),
+    'epoch': (driver.Context, 'run_epoch', 2, 'after epoch 2'),
+    'save': (checkpoints.ChunkCheckpoints, 'save', 1, 'after epoch 2'),
+    'finish': (sink.RecordSink, 'finish', 1, 'during the final writes (none of them written'),
+    'curves': (sink, '_render_one', 1, 'during the final writes (some curves.png drawn'),
 }
 
 
 @pytest.mark.parametrize('phase', sorted(PHASES))
 def test_a_signal_in_any_phase_stops_cleanly_and_the_run_resumes(phase, tiny, reference,
                                                                  tmp_path, monkeypatch):
-  owner, name, call, stops_after = PHASES[phase]
+  owner, name, call, stops = PHASES[phase]
   _sigterm_at(monkeypatch, owner, name, call)
-  if stops_after is None:
+  with pytest.raises(Interrupted) as error:
     _train(tiny, tmp_path)
+  assert f'stopped by SIGTERM {stops}' in _one_line(error)
+  assert error.value.exit_code == 128 + signal.SIGTERM
+  if 'final writes' in stops:  # trained: what follows is written by the same command
+    assert records.is_complete(str(tmp_path))
+    assert not os.path.exists(tmp_path / records.TIMING_FILE)
   else:
-    with pytest.raises(Interrupted) as error:
-      _train(tiny, tmp_path)
-    assert f'stopped by SIGTERM after epoch {stops_after}' in _one_line(error)
-    assert error.value.exit_code == 128 + signal.SIGTERM
     assert not records.is_complete(str(tmp_path))
-    monkeypatch.undo()
-    _train(tiny, tmp_path)
+  monkeypatch.undo()
+  _train(tiny, tmp_path)
   assert _results(tmp_path) == reference[False]
+  assert os.path.exists(tmp_path / records.TIMING_FILE)
+  assert os.path.exists(tmp_path / records.CURVES_FILE)
 
 
 def test_ctrl_c_at_start_up_loses_nothing(tiny, reference, tmp_path, monkeypatch):

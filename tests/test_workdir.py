@@ -187,6 +187,70 @@ def test_a_lost_history_of_a_finished_run_is_rebuilt(tiny, finished, tmp_path, c
   assert without_timing(read(path / records.HISTORY_FILE)) == without_timing(history)
   assert read(path / records.PARAMS_FILE, 'rb') == params
 
+
+def test_a_signal_during_a_sweeps_final_writes_stops_between_them(tiny, tmp_path, monkeypatch):
+  import signal  # pylint: disable=g-import-not-at-top
+  from mlp_jax import run  # pylint: disable=g-import-not-at-top
+  from mlp_jax.errors import Interrupted  # pylint: disable=g-import-not-at-top
+  real = run.write_summaries
+
+  def terminated(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    real(*args, **kwargs)
+
+  monkeypatch.setattr(run, 'write_summaries', terminated)
+  path = tmp_path / 'sweep'
+  with pytest.raises(Interrupted) as error:
+    _train(tiny, path, [0, 1], sweep=True, config=CONFIG.replace(epochs=1))
+  assert 'stopped by SIGTERM during the final writes (the summaries written, not timing.json)' \
+      in _one_line(error)
+  assert not os.path.exists(path / records.TIMING_FILE)
+  monkeypatch.undo()
+  _train(tiny, path, [0, 1], sweep=True, config=CONFIG.replace(epochs=1))
+  assert all(os.path.exists(path / name) for name in (records.TIMING_FILE, records.POINTS_FILE))
+
+
+_KILLED_PARENT = """
+import os, sys
+from mlp_jax import records, sink
+header = ','.join(records.HISTORY_COLUMNS)
+dirs = []
+for k in range(400):  # work for the 2 processes for longer than the test waits
+  d = os.path.join(sys.argv[1], str(k))
+  os.makedirs(d)
+  with open(os.path.join(d, records.HISTORY_FILE), 'w') as f:
+    f.write(header + '\\n1,2.0,0.5,1.9,0.6,1.0,0.1\\n2,1.0,0.7,0.9,0.8,1.0,0.1\\n')
+  dirs.append(d)
+sink.render_curves(dirs, [str(k) for k in range(400)], workers=2)
+"""
+
+
+def test_curve_processes_end_with_their_parent(tmp_path):
+  """The parent of the processes drawing curves.png dies by SIGKILL: they end too."""
+  import signal  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  parent = subprocess.Popen([sys.executable, '-c', _KILLED_PARENT, str(tmp_path)], cwd=REPO)
+  children, deadline = [], time.monotonic() + 60
+  while len(children) < 2 and time.monotonic() < deadline:
+    time.sleep(0.2)
+    children = [int(p) for task in os.listdir(f'/proc/{parent.pid}/task')
+                for p in read(f'/proc/{parent.pid}/task/{task}/children').split()]
+    # The pool's workers are spawned through a resource tracker: only python processes count.
+    children = [c for c in children if 'resource_tracker' not in read(f'/proc/{c}/cmdline')]
+  assert len(children) >= 2, children
+  while not os.path.exists(tmp_path / '0' / records.CURVES_FILE) and time.monotonic() < deadline:
+    time.sleep(0.2)  # drawing
+  parent.send_signal(signal.SIGKILL)
+  parent.wait()
+  deadline = time.monotonic() + 5
+  while time.monotonic() < deadline and any(os.path.exists(f'/proc/{c}') and
+                                            'Z' not in read(f'/proc/{c}/stat').split()[2]
+                                            for c in children):
+    time.sleep(0.2)
+  alive = [c for c in children if os.path.exists(f'/proc/{c}')
+           and read(f'/proc/{c}/stat').split()[2] != 'Z']
+  assert not alive, alive
+
 # ----------------------------------------------------------------------------- compare
 
 
