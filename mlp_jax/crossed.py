@@ -1,13 +1,14 @@
 """Crossed designs: every initialisation seed trained with every data seed.
 
 `python -m experiments.sweep --init_seeds=0-4 --data_seeds=0-4` trains 25 members,
-member (i, j) being `python -m mlp_jax.main --init_seed=i --seed=j` bit for bit:
-its parameters are drawn from seed i, its data order and dropout masks (and
-augmentation shifts) from seed j. The design is a grid over `init_seed` whose
-seeds are the data seeds, so a member's records are in
-`<workdir>/init_seed=<i>/seed_<j>/` and the sweep's summaries (summary.csv,
-final.csv, points.csv per initialisation seed) are a grid's. Seeds are inputs of
-the compiled programs (train.program_config), so the 25 members share one.
+member (i, j) being `python -m mlp_jax.main --init_seed=i --seed=j` bit for bit
+(at the design's vmap width, as for any sweep): its parameters are drawn from
+seed i, its data order and dropout masks (and augmentation shifts) from seed j.
+The design is a grid over `init_seed` whose seeds are the data seeds, so a
+member's records are in `<workdir>/init_seed=<i>/seed_<j>/` and the sweep's
+summaries (summary.csv, final.csv, points.csv per initialisation seed) are a
+grid's. Seeds are inputs of the compiled programs (train.program_config), so the
+25 members share one.
 
 What the design adds is `variance.csv`: the variance of final test accuracy split
 into initialisation, data order and dropout, and residual (their interaction and
