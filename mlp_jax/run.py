@@ -314,6 +314,8 @@ def train(config: TrainConfig, seeds: Sequence[int], layout: Layout, options: Ru
     # member over (prepare_run_dirs deletes their records).
     complete = set() if options.overwrite else {
         m.run_dir for m in members if records.is_complete(m.run_dir)}
+    if not options.overwrite:
+      say_what_is_rebuilt([m.run_dir for m in members if m.run_dir not in complete])
     due = [any(m.run_dir not in complete for m in group) for group in groups]
     programs = ProgramCache(options.program_cache_dir) if options.program_cache_dir else None
     contexts = create_contexts(groups, due, width, dataset, programs)
@@ -369,6 +371,16 @@ def train(config: TrainConfig, seeds: Sequence[int], layout: Layout, options: Ru
     if jax.process_index() != 0:
       return None
     return finish(points, members, layout, options, timing, started, dataset, stop)
+
+
+def say_what_is_rebuilt(run_dirs: Sequence[str]) -> None:
+  """Names each finished run (its parameters written) whose history.csv is lost or
+  damaged: it is finished again from its checkpoint, which rewrites the history
+  from the checkpoint's metrics log (or retrained: the same bits)."""
+  for run_dir in run_dirs:
+    if records.params_written(run_dir):
+      print(f'mlp_jax: {records.missing_history(run_dir)}, though the run has its '
+            'parameters; rebuilding its records from its checkpoint', flush=True)
 
 
 def create_contexts(groups: Sequence[Sequence[Member]], due: Sequence[bool], width: int,
