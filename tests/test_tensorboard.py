@@ -104,7 +104,7 @@ def test_importing_the_module_loads_neither_tensorboardx_nor_jax():
 
 
 def _hparams_table(logdir):
-  """(experiment, session groups) as TensorBoard's HParams plugin serves them for
+  """(experiment, groups of runs) as TensorBoard's HParams plugin serves them for
   `logdir`, read through TensorBoard's own event multiplexer and data provider."""
   # pylint: disable=g-import-not-at-top
   from tensorboard import context
@@ -126,8 +126,8 @@ def _hparams_table(logdir):
   return experiment, groups
 
 
-def _metric_values(session):
-  return {value.name.tag: value.value for value in session.metric_values}
+def _metric_values(run):
+  return {value.name.tag: value.value for value in run.metric_values}
 
 
 @pytest.mark.slow  # a grid of 4 members trained in-process: ~30 s on 2 busy cores
@@ -158,8 +158,8 @@ def test_a_grid_sweep_reads_as_an_hparams_table_in_tensorboard(subset, tmp_path)
     # One run per member, each the directory of its per-epoch scalars.
     assert [s.name for s in group.sessions] == [
         f'learning_rate={rate}/seed_{k}/tensorboard' for k in (0, 1)]
-    for k, session in enumerate(group.sessions):
-      values = _metric_values(session)
+    for k, run in enumerate(group.sessions):
+      values = _metric_values(run)
       assert sorted(values) == sorted(tags)
       row = final[(rate, str(k))]
       # TensorBoard stores scalars as float32.
@@ -221,9 +221,9 @@ def test_beyond_64_members_a_point_is_one_run_of_means_unless_asked(tmp_path):
   _, groups = _hparams_table(str(tmp_path / 'means'))
   assert sorted(g.name for g in groups) == names
   for group, point_curves in zip(sorted(groups, key=lambda g: g.name), curves):
-    [session] = group.sessions
-    assert session.name == f'tensorboard/{group.name}'  # beside the point's mean scalars
-    values = _metric_values(session)
+    [run] = group.sessions
+    assert run.name == f'tensorboard/{group.name}'  # beside the point's mean scalars
+    values = _metric_values(run)
     assert values['hparams/final_test_accuracy'] == np.float32(
         point_curves['test_accuracy'][:, -1].mean())
     assert values['hparams/best_test_accuracy'] == np.float32(
