@@ -573,6 +573,9 @@ def statistics_lines(a: Side, b: Side, pairing: Pairing, target_difference: Opti
                    f'is wrong {result.a_only}, B right where A is wrong {result.b_only}; '
                    f'p = {_p(result.p_value)} (two-sided, binomial on the '
                    f'{result.a_only + result.b_only} discordant images)')
+  if target_difference is not None and report['seeds_needed'] is None:
+    lines.append(f'  seeds needed to detect {target_difference:g}: unknown (it needs the spread '
+                 'over seeds: two sweeps of at least 2 seeds each)')
   lines += _test_set_error_lines(a, b, samples, report)
   return lines
 

@@ -465,9 +465,11 @@ def test_sweeps_without_common_seeds_are_compared_unpaired(tmp_path):
 
 def test_two_runs_without_models_say_why_mcnemar_did_not_run(tmp_path):
   a, b = write_run(tmp_path / 'a', seed=4), write_run(tmp_path / 'b', seed=4)
-  result = compare(a, b, f'--json={tmp_path / "r.json"}')
+  result = compare(a, b, f'--json={tmp_path / "r.json"}', '--target_difference=0.002')
   assert result.returncode == 0, result.stderr
   assert "  McNemar's exact test: not run (A has no params.msgpack" in result.stdout
+  assert '  seeds needed to detect 0.002: unknown (it needs the spread over seeds' in (
+      result.stdout)
   with open(tmp_path / 'r.json') as f:
     report = json.load(f)
   assert JSON_KEYS <= set(report) and report['identical'] is True
