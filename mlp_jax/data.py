@@ -66,16 +66,24 @@ class Dataset:
   num_classes: int = 10
 
 
-def parse_idx(content: bytes, name: str = '<bytes>') -> np.ndarray:
+def parse_idx(content: bytes, name: str = '<bytes>',
+              expected_ndim: Optional[int] = None) -> np.ndarray:
   """Decodes uint8 IDX content (already decompressed) into an array of its shape.
 
-  Raises DataError naming `name` when the magic number, dimensions or length are wrong.
+  Raises DataError naming `name` when the magic number, dimensions or length are
+  wrong; `expected_ndim`: the number of dimensions the file must have (its magic number's
+  last byte), so that a file of another kind (labels for images) is named as that,
+  not as one whose length cannot match dimensions read from its data.
   """
   if len(content) < 4:
     raise DataError(f'{name}: truncated IDX file ({len(content)} bytes, no header)')
   zero, dtype_code, ndim = int.from_bytes(content[:2], 'big'), content[2], content[3]
   if zero != 0 or dtype_code != _IDX_UBYTE or not 1 <= ndim <= 3:
     raise DataError(f'{name}: not a uint8 IDX file (magic number 0x{content[:4].hex()})')
+  if expected_ndim is not None and ndim != expected_ndim:
+    raise DataError(f'{name}: magic number 0x{content[:4].hex()} is that of a {ndim}-dimensional '
+                    f'IDX file, expected {expected_ndim} dimension(s) '
+                    f'(0x0000{_IDX_UBYTE:02x}{expected_ndim:02x}): another kind of file?')
   header = 4 + 4 * ndim
   if len(content) < header:
     raise DataError(f'{name}: truncated IDX header ({len(content)} bytes)')
@@ -109,7 +117,8 @@ def read_idx_file(path: str, canonical_name: Optional[str] = None) -> Tuple[np.n
     except (EOFError, OSError, zlib.error) as e:
       raise DataError(f'{path}: truncated or corrupt gzip data ({e})') from None
   digest = hashlib.sha256(raw).hexdigest()
-  array = parse_idx(raw, path)
+  array = parse_idx(raw, path, None if canonical_name is None
+                    else len(CANONICAL_SHAPE[canonical_name]))
   if canonical_name is not None:
     if array.shape != CANONICAL_SHAPE[canonical_name]:
       raise DataError(f'{path}: expected shape {CANONICAL_SHAPE[canonical_name]}, '

@@ -38,11 +38,31 @@ def enable_compilation_cache(cache_dir: Optional[str] = None) -> Optional[str]:
     cache_dir = os.environ.get(CACHE_DIR_ENV, DEFAULT_CACHE_DIR)
   if not cache_dir:
     return None
+  problem = unwritable(cache_dir)
+  if problem:
+    # JAX would warn with a traceback-like UserWarning at every program; one line instead.
+    print(f'mlp_jax: warning: the compilation cache {cache_dir} cannot be written '
+          f'({problem}); compiling without it (--compilation_cache_dir, '
+          f'${CACHE_DIR_ENV})', file=sys.stderr, flush=True)
+    return None
   jax.config.update('jax_compilation_cache_dir', cache_dir)
   # Cache every program: even a one-second compile is most of this project's start-up.
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
   return cache_dir
+
+
+def unwritable(directory: str) -> Optional[str]:
+  """Why files cannot be written in `directory` (made if missing), or None if they can."""
+  try:
+    os.makedirs(directory, exist_ok=True)
+    probe = os.path.join(directory, f'.probe{os.getpid()}')
+    with open(probe, 'wb'):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    return e.strerror or str(e)
+  return None
 
 
 def program_cache_dir(compilation_cache_dir: Optional[str]) -> Optional[str]:

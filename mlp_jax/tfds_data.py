@@ -22,6 +22,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import importlib.util
+import logging
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -68,6 +69,7 @@ def load_tfds(name: str, data_dir: Optional[str] = None) -> Dataset:
       machine with internet); or unreadable data.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  quiet_tfds_warnings()
   if data_dir is not None and '://' not in data_dir:
     data_dir = os.path.abspath(os.path.expanduser(data_dir))
   builder = _builder(tfds, name, data_dir)
@@ -100,6 +102,23 @@ def load_tfds(name: str, data_dir: Optional[str] = None) -> Dataset:
       source=f'tfds:{spec}:{builder.version} from {builder.data_dir_root}{via}',
       num_classes=num_classes,
   )
+
+
+class _TfdsWarningFilter(logging.Filter):
+  """Drops tensorflow_datasets' own log records below ERROR: what goes wrong reaches
+  load_tfds as an exception and is said in one line (DataError); its warnings
+  ("Variant folder ... has no dataset_info.json") would come before that line."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return (record.levelno >= logging.ERROR or
+            f'{os.sep}tensorflow_datasets{os.sep}' not in record.pathname)
+
+
+def quiet_tfds_warnings() -> None:
+  """Installs (once) _TfdsWarningFilter on absl's logger, which TFDS logs through."""
+  absl_logger = logging.getLogger('absl')
+  if not any(isinstance(f, _TfdsWarningFilter) for f in absl_logger.filters):
+    absl_logger.addFilter(_TfdsWarningFilter())
 
 
 def sha256_of(array: np.ndarray) -> str:

@@ -290,3 +290,39 @@ def test_output_a_directory_is_its_compare_png_as_printed(tmp_path):
   assert result.returncode == 0, result.stderr
   written = tmp_path / 'out' / 'compare.png'
   assert f'plot: {written}' in result.stdout and os.path.getsize(written) > 10_000
+
+
+# ----------------------------------------------------------------------------- smaller cases
+
+
+def test_an_idx_file_of_another_kind_is_named_as_such(tmp_path):
+  from mlp_jax import data  # pylint: disable=g-import-not-at-top
+  from mlp_jax.errors import DataError  # pylint: disable=g-import-not-at-top
+  from test_data import _raw_copy  # pylint: disable=g-import-not-at-top
+  _raw_copy(tmp_path)  # a valid magic number, of the wrong kind: its data read as dimensions
+  path = tmp_path / 't10k-labels-idx1-ubyte'
+  path.write_bytes(b'\x00\x00\x08\x03' + path.read_bytes()[4:])
+  with pytest.raises(DataError) as error:
+    data.load_mnist(str(tmp_path))
+  assert _one_line(error) == (
+      f'{path}: magic number 0x00000803 is that of a 3-dimensional IDX file, expected 1 '
+      'dimension(s) (0x00000801): another kind of file?')
+
+
+def test_a_tfds_error_is_its_line_alone(tmp_path, capfd):
+  pytest.importorskip('tensorflow_datasets')
+  from mlp_jax import tfds_data  # pylint: disable=g-import-not-at-top
+  from mlp_jax.errors import DataError  # pylint: disable=g-import-not-at-top
+  with pytest.raises(DataError, match='is not prepared in'):
+    tfds_data.load_tfds('fashion_mnist', str(tmp_path / 'none'))
+  assert capfd.readouterr().err == ''
+
+
+def test_an_unwritable_compilation_cache_is_one_warning_line(tmp_path, capfd):
+  from mlp_jax import environment  # pylint: disable=g-import-not-at-top
+  (tmp_path / 'file').write_text('')
+  assert environment.enable_compilation_cache(str(tmp_path / 'file' / 'xla')) is None
+  assert capfd.readouterr().err == (
+      f'mlp_jax: warning: the compilation cache {tmp_path / "file" / "xla"} cannot be written '
+      '(Not a directory); compiling without it (--compilation_cache_dir, '
+      '$MLP_JAX_COMPILATION_CACHE)\n')
