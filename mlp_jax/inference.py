@@ -68,10 +68,11 @@ def load_trained(workdir: str, output: str = 'labels') -> Callable[[np.ndarray],
   files, and returns, with output='labels', the predicted digits as int32 numpy
   of shape (N,); with output='probabilities', the softmax probabilities as
   float32 numpy of shape (N, classes). It works on a single run's workdir or on
-  one run directory of a sweep (`seed_<k>/`, or `<setting>=<value>/seed_<k>/`).
+  one run directory of a sweep (`seed_<k>/`, or `<setting>=<value>/seed_<k>/`),
+  of any model registered in config.MODELS.
   """
   config, variables = _trained_variables(workdir)
-  forward = make_forward(config, num_classes_of(variables), output)
+  forward = make_forward(config, num_classes_of(variables, config), output)
   return lambda images: forward(variables, images)
 
 
@@ -84,7 +85,7 @@ def ensemble_correct(run_dirs: Sequence[str], images: np.ndarray, labels: np.nda
   for run_dir in run_dirs:
     config, variables = _trained_variables(run_dir)
     if forward is None:
-      forward = make_forward(config, num_classes_of(variables), 'probabilities')
+      forward = make_forward(config, num_classes_of(variables, config), 'probabilities')
     probabilities = forward(variables, images).astype(np.float64)
     total = probabilities if total is None else total + probabilities
   return int(np.sum(np.argmax(total, axis=-1) == np.asarray(labels)))

@@ -1,7 +1,11 @@
-"""Flax Linen modules. Each is called only as `model.apply(variables, images, train=...)`.
+"""The models: Flax Linen modules, found by name in the registry config.MODELS.
 
-Both models take float32 pixels in [0, 1] of shape [N, 784] (or [N, 28, 28])
-and return float32[N, num_classes] logits. With `batch_norm`, the variables hold
+A model is a module class with two more methods, `from_config(config,
+num_classes)` (the module a TrainConfig describes) and `title(config)` (its name
+in plots), registered by one line of config.MODELS. It is called only as
+`model.init(key, images)` and `model.apply(variables, images, train=...,
+dropout_rate=..., rngs=...)`; the MLP and CNN here take float32 pixels in [0, 1]
+of shape [N, 784] (or [N, 28, 28]) and return float32[N, num_classes] logits. With `batch_norm`, the variables hold
 a 'batch_stats' collection: batch statistics normalise in training (and update
 the running averages), the running averages normalise in evaluation. With
 `dropout > 0`, training needs an rng named 'dropout'; evaluation drops nothing.
@@ -11,13 +15,15 @@ The dropout rate may also be given at call time as a traced value
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+import importlib
+from typing import Any, Dict, Mapping, Sequence, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from mlp_jax.config import TrainConfig
+from mlp_jax.config import MODELS, TrainConfig
 
 # Running averages of batch statistics: 0.9 tracks a model that changes within an
 # epoch of a few hundred steps (Flax's 0.99 lags by about 100 steps).
@@ -107,6 +113,15 @@ class MLP(nn.Module):
         x = Dropout()(x, rate, train)
     return nn.Dense(self.num_classes)(x)
 
+  @classmethod
+  def from_config(cls, config: TrainConfig, num_classes: int) -> 'MLP':
+    return cls(hidden_sizes=config.hidden_sizes, num_classes=num_classes,
+               dropout=config.dropout, batch_norm=config.batch_norm)
+
+  @staticmethod
+  def title(config: TrainConfig) -> str:
+    return f'MLP {config.hidden_sizes}'
+
 
 class CNN(nn.Module):
   """The Flax MNIST example's network: two 3x3 convolutions (32, 64 channels), each
@@ -139,26 +154,60 @@ class CNN(nn.Module):
     return nn.Dense(self.num_classes)(x)
 
 
+  @classmethod
+  def from_config(cls, config: TrainConfig, num_classes: int) -> 'CNN':
+    return cls(num_classes=num_classes, dropout=config.dropout, batch_norm=config.batch_norm)
+
+  @staticmethod
+  def title(config: TrainConfig) -> str:
+    del config
+    return 'CNN'
+
+
+def model_class(name: str) -> Any:
+  """The module class registered as --model=`name` (config.MODELS)."""
+  if name not in MODELS:
+    raise ValueError(f'unknown model {name!r} (config.MODELS has {", ".join(MODELS)})')
+  model = MODELS[name]
+  if isinstance(model, str):
+    module, _, attribute = model.partition(':')
+    model = getattr(importlib.import_module(module), attribute)
+  return model
+
+
 def create_model(config: TrainConfig, num_classes: int = 10) -> nn.Module:
   """The module a config describes."""
-  if config.model == 'mlp':
-    return MLP(hidden_sizes=config.hidden_sizes, num_classes=num_classes,
-               dropout=config.dropout, batch_norm=config.batch_norm)
-  if config.model == 'cnn':
-    return CNN(num_classes=num_classes, dropout=config.dropout, batch_norm=config.batch_norm)
-  raise ValueError(f'unknown model {config.model!r}')
+  return model_class(config.model).from_config(config, num_classes)
 
 
-def num_classes_of(variables: Mapping[str, Any]) -> int:
-  """The number of logits of trained variables (the last layer's bias length)."""
-  params = variables['params']
-  last = max((k for k in params if k.startswith('Dense_')), key=lambda k: int(k[6:]))
-  return int(params[last]['bias'].shape[0])
+def _param_shapes(config: TrainConfig, num_classes: int) -> Dict[str, Tuple[int, ...]]:
+  """{path: shape} of the parameters of `config`'s model for `num_classes` (no compute)."""
+  model = create_model(config, num_classes)
+  params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                             jnp.zeros((1, 784), jnp.float32)))['params']
+  return _shapes(params)
+
+
+def _shapes(tree: Any) -> Dict[str, Tuple[int, ...]]:
+  return {jax.tree_util.keystr(path): tuple(np.shape(leaf))
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def num_classes_of(variables: Mapping[str, Any], config: TrainConfig) -> int:
+  """The number of logits of trained variables of `config`'s model (any registered
+  one): the size of the parameter axis that grows with the number of classes."""
+  one, two = _param_shapes(config, 1), _param_shapes(config, 2)
+  trained = _shapes(variables['params'])
+  for path, shape in one.items():
+    if shape != two[path] and path in trained:
+      axis = next(i for i, (a, b) in enumerate(zip(shape, two[path])) if a != b)
+      return int(trained[path][axis])
+  raise ValueError(f'{config.model}: no parameter depends on the number of classes')
 
 
 def describe(config: TrainConfig) -> str:
   """A short name for titles: 'MLP (128, 128)', 'CNN + BN + dropout 0.25'."""
-  name = f'MLP {config.hidden_sizes}' if config.model == 'mlp' else 'CNN'
+  name = model_class(config.model).title(config)
   if config.batch_norm:
     name += ' + BN'
   if config.dropout:

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import mnist_subset
 from mlp_jax.config import TrainConfig
 from mlp_jax.models import CNN, MLP, Conv3x3, create_model, num_classes_of
 
@@ -30,7 +31,7 @@ def test_seed_config_mlp_shapes_and_parameter_count():
   assert sum(p.size for p in jax.tree.leaves(variables)) == 118_282
   logits = _apply(model, variables, jnp.zeros((5, 28, 28)))
   assert logits.shape == (5, 10) and logits.dtype == jnp.float32
-  assert num_classes_of(variables) == 10
+  assert num_classes_of(variables, TrainConfig()) == 10
 
 
 def test_hidden_sizes_set_the_layers():
@@ -45,7 +46,7 @@ def test_cnn_shapes():
   assert variables['params']['Conv3x3_1']['Dense_0']['kernel'].shape == (288, 64)
   assert variables['params']['Dense_0']['kernel'].shape == (3136, 256)
   assert _apply(CNN(num_classes=37), variables, jnp.zeros((3, 784))).shape == (3, 37)
-  assert num_classes_of(variables) == 37
+  assert num_classes_of(variables, TrainConfig(model='cnn')) == 37
 
 
 def test_conv3x3_is_the_same_function_as_nn_conv():
@@ -85,3 +86,56 @@ def test_batch_norm_updates_in_training_and_freezes_in_evaluation(model):
   train_alone = _apply(model, variables, x[:2], train=True, mutable=['batch_stats'])[0][:1]
   train_together = _apply(model, variables, x, train=True, mutable=['batch_stats'])[0][:1]
   assert not np.allclose(train_alone, train_together)
+
+
+class Tiny(nn.Module):
+  """A model registered by a test: one layer, named unlike the MLP's and CNN's."""
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x, train=False, dropout_rate=None):
+    del train, dropout_rate
+    return nn.Dense(self.num_classes, name='logits')(x.reshape((x.shape[0], -1)))
+
+  @classmethod
+  def from_config(cls, config, num_classes):
+    del config
+    return cls(num_classes=num_classes)
+
+  @staticmethod
+  def title(config):
+    return f'Tiny ({config.batch_size})'
+
+
+def test_a_registered_model_trains_describes_and_loads(monkeypatch, mnist, tmp_path):
+  import mlp_jax  # pylint: disable=g-import-not-at-top
+  from mlp_jax import config as settings, models, records  # pylint: disable=g-import-not-at-top
+  from mlp_jax.errors import UsageError  # pylint: disable=g-import-not-at-top
+  from mlp_jax.run import RunOptions, train_and_evaluate  # pylint: disable=g-import-not-at-top
+  with pytest.raises(UsageError, match="--model must be one of mlp, cnn, got 'tiny'"):
+    TrainConfig(model='tiny').validate()
+  monkeypatch.setitem(settings.MODELS, 'tiny', Tiny)
+  config = TrainConfig(model='tiny', epochs=1).validate()
+  assert models.describe(config.replace(batch_norm=True)) == 'Tiny (128) + BN'
+  assert isinstance(models.create_model(config, 7), Tiny)
+  workdir = str(tmp_path / 'tiny')
+  data = mnist_subset(mnist, 512, 300)
+  train_and_evaluate(config, workdir, RunOptions(checkpoint_every=0, tensorboard=False),
+                     dataset=data)
+  labels = mlp_jax.load_trained(workdir)(data.test_images)
+  assert labels.shape == (300,)
+  assert np.mean(labels == data.test_labels) == float(records.final_row(workdir)['test_accuracy'])
+
+
+def test_models_are_found_by_name_and_the_flag_lists_them(monkeypatch):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from mlp_jax import config as settings, models  # pylint: disable=g-import-not-at-top
+  from mlp_jax.flags import define_training_flags  # pylint: disable=g-import-not-at-top
+  assert models.model_class('mlp') is MLP and models.model_class('cnn') is CNN
+  with pytest.raises(ValueError, match="unknown model 'rnn'"):
+    models.model_class('rnn')
+  monkeypatch.setitem(settings.MODELS, 'tiny', 'test_models:Tiny')  # 'module:Class' form
+  assert models.model_class('tiny') is Tiny
+  flag_values = flags.FlagValues()
+  define_training_flags(flag_values)
+  assert 'Network: mlp or cnn or tiny.' in flag_values['model'].help
