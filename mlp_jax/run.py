@@ -218,9 +218,10 @@ def prepare_sweep_dir(layout: Layout, settings: Dict[str, Any], members: Sequenc
         records.SWEEP_FILE, records.ENVIRONMENT_FILE, records.CHECKPOINT_DIR)])
     records.write_json(path, settings)
     write_marker(layout.workdir, SWEEP, settings)
+    each = ' at each grid point' if settings.get('grid') else ''
     print(f'sweep: extending {layout.workdir} by {len(extended)} seed(s) '
-          f'({seed_ranges(extended)}); its {len(settings["seeds"]) - len(extended)} finished '
-          'seed(s) are kept as they are', flush=True)
+          f'({seed_ranges(extended)}){each}; its {len(settings["seeds"]) - len(extended)} '
+          'finished seed(s) are kept as they are', flush=True)
   if overwrite:
     previous = (records.sweep_run_dirs(records.read_json_object(path))
                 if os.path.exists(path) else [])
