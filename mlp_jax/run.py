@@ -358,7 +358,7 @@ def train(config: TrainConfig, seeds: Sequence[int], layout: Layout, options: Ru
         driver_options = options.replace(chunk_size=chunk_size, tensorboard=member_tensorboard)
         if layout.sweep:
           print(f'sweep: {sweep_shape(len(points), len(seeds), len(group), epochs)}, vmap '
-                f'width {width}, chunks of {driver_options.chunk_size} over '
+                f'width {width}, {trained_together(len(group), chunk_size, width, ctx)} over '
                 f'{jax.device_count()} device(s) in {jax.process_count()} process(es); '
                 f'writing to {layout.workdir}', flush=True)
         train_members(group, [m for m in group if m.run_dir not in complete], ctx,
@@ -382,6 +382,19 @@ def say_what_is_rebuilt(run_dirs: Sequence[str]) -> None:
     if records.params_written(run_dir):
       print(f'mlp_jax: {records.missing_history(run_dir)}, though the run has its '
             'parameters; rebuilding its records from its checkpoint', flush=True)
+
+
+def trained_together(members: int, chunk_size: int, width: int, ctx: Context) -> str:
+  """'chunks of N' for a sweep's header, N the seeds that train together: the chunk
+  size rounded up to whole vmap groups on every device (driver.plan_chunks), at most
+  the members there are (padded the same way)."""
+  unit = width * ctx.mesh.size
+  capacity = -(-chunk_size // unit) * unit
+  together = min(capacity, -(-members // unit) * unit)
+  rounded = (f' (--chunk_size={chunk_size} rounded up to whole vmap groups of {width} on '
+             f'each of {ctx.mesh.size} device(s))' if capacity != chunk_size and
+             together == capacity else '')
+  return f'chunks of {together}{rounded}'
 
 
 def create_contexts(groups: Sequence[Sequence[Member]], due: Sequence[bool], width: int,

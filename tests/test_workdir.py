@@ -326,3 +326,11 @@ def test_an_unwritable_compilation_cache_is_one_warning_line(tmp_path, capfd):
       f'mlp_jax: warning: the compilation cache {tmp_path / "file" / "xla"} cannot be written '
       '(Not a directory); compiling without it (--compilation_cache_dir, '
       '$MLP_JAX_COMPILATION_CACHE)\n')
+
+
+def test_the_sweep_header_says_how_many_seeds_train_together(tiny, tmp_path, capsys):
+  _train(tiny, tmp_path / 'sweep', [0, 1], sweep=True, config=CONFIG.replace(epochs=1),
+         vmap_width=2, chunk_size=1, checkpoint_every=0)
+  header = capsys.readouterr().out.splitlines()[0]
+  assert ', vmap width 2, chunks of 2 (--chunk_size=1 rounded up to whole vmap groups of 2 on ' \
+      'each of 1 device(s)) over 1 device(s)' in header, header
