@@ -100,6 +100,8 @@ import numpy as np
 from absl import flags
 
 from mlp_jax import cli
+from mlp_jax import metrics as metric_spec
+from mlp_jax.plots import SPLIT_STYLES
 from mlp_jax.records import (CONFIG_FILE, ENVIRONMENT_FILE, HISTORY_FILE, POINTS_FILE,
                              SWEEP_FILE, History, SEED_DIR, TIMING_SUFFIX, read_history,
                              read_json_object, seed_dir, sweep_run_dirs, write_json)
@@ -110,9 +112,10 @@ FLAGS = flags.FLAGS
 # Environment facts about how a run was launched, not what it computes (see the docstring).
 IGNORED_ENVIRONMENT = ('command', 'process_index', 'data.source',
                        'jax_config.jax_compilation_cache_dir')
-# Curves drawn in compare.png: (metric, axis 0 = accuracy / 1 = loss, line style).
-PLOTTED = (('train_accuracy', 0, '--'), ('test_accuracy', 0, '-'),
-           ('train_loss', 1, '--'), ('test_loss', 1, '-'))
+# Curves drawn in compare.png, every metric of mlp_jax.metrics a side records:
+# (metric, axis 0 = accuracy / 1 = loss, line style of its split).
+PLOTTED = tuple((m.name, 0 if m.kind == metric_spec.ACCURACY else 1, SPLIT_STYLES[m.split])
+                for m in metric_spec.METRICS)
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
@@ -758,7 +761,8 @@ def write_plot(a: Side, b: Side, path: str) -> None:
       ax.fill_between(epochs, low, high, color=color, alpha=0.2)
       if axis == 0:
         lowest.append(np.min(low))
-    lowest += [np.min(curves[m]) for m in ('train_accuracy', 'test_accuracy') if m in curves]
+    lowest += [np.min(curves[m.name]) for m in metric_spec.METRICS
+               if m.kind == metric_spec.ACCURACY and m.name in curves]
   if lowest:
     acc_ax.set_ylim(max(0.0, float(np.nanmin(lowest)) - 0.01), 1.0005)
   for ax in (acc_ax, loss_ax):

@@ -187,6 +187,16 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting('matmul_precision', str, 'default', 'Precision of float32 matrix products: default '
             '(the backend\'s: TF32 on recent NVIDIA GPUs), high, or highest (full float32).',
             check=one_of(MATMUL_PRECISIONS), choices=MATMUL_PRECISIONS),
+    Setting('validation_size', int, 0, 'Training images held out as a validation split, '
+            'evaluated after every epoch like the test set (history.csv gains validation_loss '
+            'and validation_accuracy) and used by a sweep to rank grid points and pick best '
+            'epochs. The same images for every seed, point and process (a fixed permutation, '
+            'independent of --seed); 0: none, every training image is trained on.',
+            check=at_least(0)),
+    # SHA-256 of the held-out indices (mlp_jax.data.hold_out), filled in by the driver
+    # once the data is loaded, so config.json records which images were held out.
+    Setting('validation_sha256', str, None, 'SHA-256 of the held-out training indices.',
+            flag=''),
 
     Setting('checkpoint_every', int, None, 'Save a checkpoint every N epochs (and after the '
             'last); 0: none; auto: as often as costs at most ~2% of training (asynchronous '
@@ -272,6 +282,11 @@ def _check_rows(values: Any, of: str) -> None:
         raise UsageError(message)
 
 
+# Fields config.json holds only when they differ from these values: a run without a
+# validation split writes (and compares equal to) the config.json it always had, and
+# one of a version before the split reads back with none.
+WRITTEN_WHEN_SET = {'validation_size': 0, 'validation_sha256': None}
+
 _TrainFields = dataclasses.make_dataclass('_TrainFields', _fields('train'), frozen=True)
 _RunFields = dataclasses.make_dataclass('_RunFields', _fields('run'), frozen=True)
 
@@ -289,7 +304,15 @@ class TrainConfig(_TrainFields):
   def validate(self, train_size: int = MNIST_TRAIN_SIZE) -> 'TrainConfig':
     """Raises UsageError naming the flag of the first invalid setting."""
     _check_rows(self, 'train')
-    if self.batch_size > train_size:
+    if self.validation_size and self.validation_size >= train_size:
+      raise UsageError(f'--validation_size={self.validation_size} must be smaller than the '
+                       f'training set of --dataset={self.dataset} ({train_size} images)')
+    if self.batch_size > train_size - self.validation_size:
+      if self.validation_size:
+        raise UsageError(f'--validation_size={self.validation_size} leaves '
+                         f'{train_size - self.validation_size} of the {train_size} training '
+                         f'images of --dataset={self.dataset}, fewer than one batch '
+                         f'(--batch_size={self.batch_size})')
       raise UsageError(f'--batch_size={self.batch_size} is larger than the training set '
                        f'({train_size} examples)')
     if self.dataset != BUNDLED_DATASET and self.data_dir is not None:
@@ -303,6 +326,9 @@ class TrainConfig(_TrainFields):
   def to_dict(self) -> dict:
     d = dataclasses.asdict(self)
     d['hidden_sizes'] = list(self.hidden_sizes)
+    for name, unset in WRITTEN_WHEN_SET.items():
+      if d[name] == unset:
+        del d[name]
     return d
 
   @classmethod

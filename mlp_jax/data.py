@@ -56,6 +56,10 @@ class Dataset:
       files, of the decompressed content, keyed by canonical name).
     source: where the data was read from.
     num_classes: number of label values.
+    validation_images, validation_labels: training images held out as a
+      validation split, and their labels (hold_out; None: no split); then
+      train_images/train_labels are the others.
+    validation_sha256: SHA-256 of the held-out indices (validation_checksum).
   """
   train_images: np.ndarray
   train_labels: np.ndarray
@@ -64,6 +68,15 @@ class Dataset:
   sha256: Dict[str, str]
   source: str
   num_classes: int = 10
+  validation_images: Optional[np.ndarray] = None
+  validation_labels: Optional[np.ndarray] = None
+  validation_sha256: Optional[str] = None
+
+  @property
+  def full_train_size(self) -> int:
+    """Training images before any were held out."""
+    held_out = 0 if self.validation_labels is None else len(self.validation_labels)
+    return len(self.train_labels) + held_out
 
 
 def parse_idx(content: bytes, name: str = '<bytes>',
@@ -176,3 +189,57 @@ def load_data(config: TrainConfig) -> Dataset:
     dataset = load_tfds(config.dataset, config.tfds_data_dir)
   config.validate(train_size=len(dataset.train_labels))
   return dataset
+
+
+# The seed of the permutation that picks held-out images. Fixed, and independent of
+# --seed, so that every seed, grid point, device and process holds out the same ones.
+VALIDATION_PERMUTATION_SEED = 0x5EED_7E57
+
+
+def validation_indices(train_size: int, validation_size: int) -> np.ndarray:
+  """The indices of the training images held out as a validation split: the first
+  `validation_size` of a fixed permutation of range(train_size), sorted.
+
+  numpy's legacy RandomState draws it: its stream is frozen across numpy versions
+  (Generator's is not promised to be), so the held-out images never change.
+
+  Returns:
+    int64[validation_size], increasing.
+  """
+  permutation = np.random.RandomState(VALIDATION_PERMUTATION_SEED).permutation(train_size)
+  return np.sort(permutation[:validation_size]).astype(np.int64)
+
+
+def validation_checksum(indices: np.ndarray) -> str:
+  """SHA-256 of held-out indices (as little-endian int64), recorded in config.json."""
+  return hashlib.sha256(np.asarray(indices, dtype='<i8').tobytes()).hexdigest()
+
+
+def hold_out(dataset: Dataset, validation_size: int) -> Dataset:
+  """`dataset` with `validation_size` of its training images held out (0: as it is).
+
+  The held-out images are `validation_indices(train size, validation_size)`, in
+  index order; the training images keep their order without them. A dataset
+  already split that way is returned as it is.
+
+  Raises:
+    DataError: the dataset is already split another way, or has too few images.
+  """
+  if dataset.validation_labels is not None:
+    if len(dataset.validation_labels) != validation_size:
+      raise DataError(f'--validation_size={validation_size}: the dataset already holds out '
+                      f'{len(dataset.validation_labels)} images')
+    return dataset
+  if not validation_size:
+    return dataset
+  train_size = len(dataset.train_labels)
+  if validation_size >= train_size:
+    raise DataError(f'--validation_size={validation_size} must be smaller than the training '
+                    f'set ({train_size} images)')
+  held = validation_indices(train_size, validation_size)
+  kept = np.ones(train_size, bool)
+  kept[held] = False
+  return dataclasses.replace(
+      dataset, train_images=dataset.train_images[kept], train_labels=dataset.train_labels[kept],
+      validation_images=dataset.train_images[held], validation_labels=dataset.train_labels[held],
+      validation_sha256=validation_checksum(held))

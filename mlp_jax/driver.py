@@ -37,7 +37,8 @@ from mlp_jax.errors import Interrupted, UsageError
 from mlp_jax.mesh import SeedMesh
 from mlp_jax.program_cache import Program, ProgramCache, trace
 from mlp_jax.progress import Progress
-from mlp_jax.sink import LOG_COLUMNS, RecordSink, accuracies, log_epoch, new_log
+from mlp_jax import metrics as metric_spec
+from mlp_jax.sink import RecordSink, log_epoch, new_log
 from mlp_jax.train import (Hyperparameters, RunState, hyperparameters, make_trainer,
                            key_seeds, keys_from_seeds, map_over_seeds,
                            program_cache_config)
@@ -45,8 +46,9 @@ from mlp_jax.workdir import StopRequests, WorkdirError, describe_os_error
 
 # Share of a device's memory a chunk may plan to use (XLA needs some for itself).
 MEMORY_SHARE = 0.8
-# The metrics log's loss columns: a non-finite one marks a diverged seed.
-LOSS_COLUMNS = [LOG_COLUMNS.index('train_loss'), LOG_COLUMNS.index('test_loss')]
+# The losses whose non-finite value marks a diverged seed (those every run has).
+DIVERGENCE_LOSSES = tuple(m.log_column for m in metric_spec.recorded()
+                          if m.kind == metric_spec.LOSS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +134,7 @@ class EpochReport:
   """What the driver tells its reporter after each epoch of a chunk."""
   configs: List[TrainConfig]           # this process's seeds that trained this epoch
   epoch: int
-  metrics: Dict[str, np.ndarray]       # sink.accuracies of those seeds
+  metrics: Dict[str, np.ndarray]       # their recorded metrics (mlp_jax.metrics), [seeds]
   epoch_seconds: float
   eval_seconds: float
 
@@ -162,23 +164,40 @@ def chunk_fits(chunk_flag: str = '--chunk_size') -> Iterator[None]:
 
 
 class DeviceData(NamedTuple):
-  """The dataset on the device, images flattened to uint8[N, 784]."""
+  """The dataset on the device, images flattened to uint8[N, 784] (the validation
+  split's None without one)."""
   train_images: jax.Array
   train_labels: jax.Array
   test_images: jax.Array
   test_labels: jax.Array
+  validation_images: Optional[jax.Array] = None
+  validation_labels: Optional[jax.Array] = None
 
   @property
   def nbytes(self) -> int:
-    return sum(a.nbytes for a in self)
+    return sum(a.nbytes for a in self if a is not None)
+
+  @property
+  def eval_splits(self) -> Tuple[str, ...]:
+    """The splits evaluated after each epoch, in order (metrics.EVALUATED_SPLITS)."""
+    return tuple(s for s in metric_spec.EVALUATED_SPLITS
+                 if getattr(self, f'{s}_labels') is not None)
+
+  @property
+  def evaluated(self) -> Tuple[jax.Array, ...]:
+    """Images and labels of each of eval_splits in turn: the arguments of evaluate."""
+    return tuple(getattr(self, f'{s}_{part}') for s in self.eval_splits
+                 for part in ('images', 'labels'))
 
 
 def to_device(dataset: Dataset, mesh: SeedMesh) -> DeviceData:
   """The dataset replicated on every device of the mesh, images as uint8[N, 784]."""
   flat = lambda images: images.reshape(images.shape[0], -1)
-  return DeviceData(*(mesh.replicate(a) for a in (
-      flat(dataset.train_images), dataset.train_labels,
-      flat(dataset.test_images), dataset.test_labels)))
+  arrays = [flat(dataset.train_images), dataset.train_labels, flat(dataset.test_images),
+            dataset.test_labels]
+  if dataset.validation_labels is not None:
+    arrays += [flat(dataset.validation_images), dataset.validation_labels]
+  return DeviceData(*(mesh.replicate(a) for a in arrays))
 
 
 class ChunkPrograms:
@@ -216,13 +235,15 @@ class ChunkPrograms:
                for name, value in hyperparameters(TrainConfig()).items()}
     epoch = self._trace('train_epoch', size, m.shard(map_over_seeds(t.train_epoch, 2, w), 2, 2),
                         states, hparams, spec(d.train_images), spec(d.train_labels))
-    evaluate = self._trace('evaluate', size, m.shard(map_over_seeds(t.evaluate, 1, w), 1, 2),
-                           states, spec(d.test_images), spec(d.test_labels))
+    evaluated = d.evaluated
+    evaluate = self._trace('evaluate', size,
+                           m.shard(map_over_seeds(t.evaluate, 1, w), 1, len(evaluated)),
+                           states, *map(spec, evaluated))
     init = jax.jit(init, compiler_options=options)
     epoch = jax.jit(epoch, donate_argnums=0, compiler_options=options).lower(
         states, hparams, d.train_images, d.train_labels).compile()
     evaluate = jax.jit(evaluate, compiler_options=options).lower(
-        states, d.test_images, d.test_labels).compile()
+        states, *evaluated).compile()
     return init, epoch, evaluate
 
   def get(self, size: int):
@@ -332,7 +353,7 @@ class Context:
   mesh: SeedMesh
   data: DeviceData
   programs: ChunkPrograms
-  examples: Tuple[int, int]  # (train examples per epoch, test examples)
+  examples: Dict[str, int]  # examples of each split: train (per epoch), test, ...
 
   @classmethod
   def create(cls, config: TrainConfig, dataset: Dataset, like: Optional['Context'] = None,
@@ -343,17 +364,20 @@ class Context:
     mesh = SeedMesh() if like is None else like.mesh
     data = to_device(dataset, mesh) if like is None else like.data
     trainer = make_trainer(config, train_size=data.train_images.shape[0],
-                           num_classes=dataset.num_classes)
+                           num_classes=dataset.num_classes, eval_splits=data.eval_splits)
+    examples = {metric_spec.TRAIN: trainer.examples_per_epoch}
+    examples.update({s: getattr(data, f'{s}_labels').shape[0] for s in data.eval_splits})
     return cls(mesh, data, ChunkPrograms(trainer, data, mesh, config.vmap_width,
                                          f'{program_cache_config(config)!r}, '
                                          f'{dataset.num_classes} classes', program_cache),
-               (trainer.examples_per_epoch, data.test_labels.shape[0]))
+               examples)
 
   def run_epoch(self, size: int, states: RunState, hparams: Hyperparameters
                 ) -> Tuple[RunState, Dict[str, np.ndarray], float, float]:
     """One epoch of a chunk: (states, this process's rows' metrics, train s, eval s).
 
-    Metrics (LOG_COLUMNS but the timing ones) leave the device in one transfer.
+    Metrics (the metrics log's columns but the timing ones) leave the device in one
+    transfer.
     """
     _, train_epoch, evaluate = self.programs.get(size)
     tick = time.perf_counter()
@@ -362,8 +386,8 @@ class Context:
     jax.block_until_ready(train_metrics)
     train_seconds = time.perf_counter() - tick
     tick = time.perf_counter()
-    test_metrics = evaluate(states, self.data.test_images, self.data.test_labels)
-    metrics = self.mesh.local_rows_of({**train_metrics, **test_metrics})
+    eval_metrics = evaluate(states, *self.data.evaluated)
+    metrics = self.mesh.local_rows_of({**train_metrics, **eval_metrics})
     return states, metrics, train_seconds, time.perf_counter() - tick
 
 
@@ -380,10 +404,12 @@ class Diverged(UsageError):
   """A seed's loss became non-finite and --stop_on_divergence asked to stop."""
 
 
-def first_diverged(log: np.ndarray, rows: Sequence[int], epoch: int) -> List[Optional[int]]:
-  """For each of `rows`, the first of epochs 1..`epoch` of the metrics log with a
-  non-finite loss (None: none)."""
-  losses = log[np.asarray(rows, dtype=int)][:, :epoch][..., LOSS_COLUMNS]
+def first_diverged(log: np.ndarray, rows: Sequence[int], epoch: int,
+                   columns: Sequence[str]) -> List[Optional[int]]:
+  """For each of `rows`, the first of epochs 1..`epoch` of the metrics log (whose
+  columns are `columns`) with a non-finite loss (None: none)."""
+  losses = log[np.asarray(rows, dtype=int)][:, :epoch][
+      ..., [list(columns).index(name) for name in DIVERGENCE_LOSSES]]
   bad = ~np.isfinite(losses).all(axis=-1)
   return [int(np.argmax(b)) + 1 if b.any() else None for b in bad]
 
@@ -442,11 +468,14 @@ def train_chunk(chunk: Chunk, ctx: Context, options: RunOptions, stop: StopReque
   states = ctx.programs.initial_states(configs)
   hparams = ctx.programs.hyperparameters(configs)
   timing.compile_seconds = ctx.programs.compile_seconds
-  log = new_log(chunk.size, epochs)
-  checkpoints = open_checkpoints(chunk, options, states)
   # Process 0 draws the curves after training (mlp_jax.run.finish).
-  sink = RecordSink([m.run_dir for m in members], *ctx.examples,
-                    tensorboard=options.tensorboard, prepare_curves=jax.process_index() == 0)
+  sink = RecordSink([m.run_dir for m in members], ctx.examples[metric_spec.TRAIN],
+                    ctx.examples[metric_spec.TEST], tensorboard=options.tensorboard,
+                    prepare_curves=jax.process_index() == 0,
+                    validation_examples=ctx.examples.get(metric_spec.VALIDATION, 0))
+  columns = sink.log_columns
+  log = new_log(chunk.size, epochs, columns)
+  checkpoints = open_checkpoints(chunk, options, states)
   try:
     epoch, restored, notes = checkpoints.restore_latest(
         {'state': states, 'log': ctx.mesh.put_seeds(log)})
@@ -457,8 +486,8 @@ def train_chunk(chunk: Chunk, ctx: Context, options: RunOptions, stop: StopReque
       log[local] = ctx.mesh.local_rows_of(restored['log'])
       progress.line(f'mlp_jax: resumed {len(todo)} seed(s) from their checkpoint '
                     f'after epoch {epoch}')
-      note_divergence(diverged, members, first_diverged(log, [local[i] for i in mine], epoch),
-                      progress)
+      note_divergence(diverged, members,
+                      first_diverged(log, [local[i] for i in mine], epoch, columns), progress)
     sink.begin(log, [local[i] for i in mine], epoch)
     progress.add_done(epoch * len(todo))
     while epoch < epochs:
@@ -472,10 +501,10 @@ def train_chunk(chunk: Chunk, ctx: Context, options: RunOptions, stop: StopReque
       timing.seed_epochs += len(todo)
       metrics.update(epoch_seconds=np.full(len(local), train_seconds, np.float32),
                      eval_seconds=np.full(len(local), eval_seconds, np.float32))
-      log_epoch(log, local, epoch, metrics)
+      log_epoch(log, local, epoch, metrics, columns)
       metrics = {name: values[mine] for name, values in metrics.items()}
       sink.write(epoch, metrics)
-      finite = np.isfinite(metrics['train_loss']) & np.isfinite(metrics['test_loss'])
+      finite = np.logical_and.reduce([np.isfinite(metrics[n]) for n in DIVERGENCE_LOSSES])
       note_divergence(diverged, members, [None if f else epoch for f in finite], progress)
       stopping, save, diverging = agree(stop.requested is not None,
                                         checkpoints.wants(epoch, epochs), bool(diverged))
@@ -487,7 +516,8 @@ def train_chunk(chunk: Chunk, ctx: Context, options: RunOptions, stop: StopReque
         timing.first_epoch_done_seconds = time.perf_counter() - started
       if members:
         progress.advance(reporter(EpochReport(
-            [m.config for m in members], epoch, accuracies(metrics, *ctx.examples),
+            [m.config for m in members], epoch,
+            metric_spec.values(sink.metrics, metrics, ctx.examples),
             train_seconds, eval_seconds)), len(todo))
       if stopping:
         raise Interrupted(stop_message(stop.requested, epoch, options.checkpoint_every != 0),

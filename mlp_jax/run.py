@@ -23,7 +23,7 @@ import numpy as np
 from mlp_jax import environment, models, records
 from mlp_jax.checkpoints import RowKey
 from mlp_jax.config import CPU_CHUNK_SIZE, RunOptions, TrainConfig
-from mlp_jax.data import Dataset, load_data
+from mlp_jax.data import Dataset, hold_out, load_data
 from mlp_jax.driver import (Context, DriverTiming, EpochReport, Member, Reporter,
                             check_chunk_fits, device_memory_bytes, seeds_that_fit,
                             sync_processes, train_members, writing_in)
@@ -299,7 +299,11 @@ def train(config: TrainConfig, seeds: Sequence[int], layout: Layout, options: Ru
   points = grid.points(config)
   dataset = load_data(config) if dataset is None else dataset
   for point in points:
-    point.config.validate(train_size=len(dataset.train_labels))
+    point.config.validate(train_size=dataset.full_train_size)
+  # The same held-out images for every point and seed; config.json records which.
+  dataset = hold_out(dataset, config.validation_size)
+  config = config.replace(validation_sha256=dataset.validation_sha256)
+  points = grid.points(config)
   timing = DriverTiming()
   kind = SWEEP if layout.sweep else RUN
   claim(layout.workdir, kind, write=False)  # before the lock file: a folder not ours stays so
@@ -511,7 +515,7 @@ def write_summaries(workdir: str, points: Sequence[GridPoint], members: Sequence
     try:
       for i, epoch in enumerate(bands[0][1]['epoch']):
         writer.write(int(epoch), {m: np.array([c[m][:, i].mean() for _, c in bands])
-                                  for m in records.METRIC_COLUMNS})
+                                  for m in bands[0][1] if m != 'epoch'})
     finally:
       writer.close()
     if points[0].settings:
@@ -531,6 +535,8 @@ def epoch_line(report: EpochReport) -> str:
   return (f'epoch {report.epoch:>{len(str(epochs))}}/{epochs}  '
           f'train loss {m["train_loss"][0]:.4f} acc {m["train_accuracy"][0]:.4f}  '
           f'test loss {m["test_loss"][0]:.4f} acc {m["test_accuracy"][0]:.4f}  '
+          + (f'val loss {m["validation_loss"][0]:.4f} acc {m["validation_accuracy"][0]:.4f}  '
+             if 'validation_loss' in m else '') +
           f'{report.epoch_seconds:.2f}s + eval {report.eval_seconds:.2f}s')
 
 

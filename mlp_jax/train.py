@@ -6,7 +6,10 @@ and returns pure functions of one seed,
     state = trainer.init(*seed_keys(config))
     state, train_metrics = trainer.train_epoch(state, hyperparameters(config),
                                                train_images, train_labels)
-    test_metrics = trainer.evaluate(state, test_images, test_labels)
+    eval_metrics = trainer.evaluate(state, test_images, test_labels)
+
+Which numbers they compute and under which names is mlp_jax.metrics': each split
+(train, test, validation) gives its metrics' kinds (`by_kind`).
 
 `RunState` holds everything a run needs to continue (it is what a checkpoint
 captures), so a seed sweep maps the same functions over a leading seed axis
@@ -28,13 +31,14 @@ reshuffled every epoch, so every example is still seen.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Dict, NamedTuple, Tuple
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mlp_jax import metrics as metric_spec
 # TRACED_SETTINGS: the settings that are inputs of the compiled program rather than
 # part of it (the rows of config.SETTINGS marked `traced`).
 from mlp_jax.config import TRACED_SETTINGS, TrainConfig
@@ -85,7 +89,7 @@ class Trainer(NamedTuple):
   init: Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], RunState]
   train_epoch: Callable[[RunState, Hyperparameters, jnp.ndarray, jnp.ndarray],
                         Tuple[RunState, Metrics]]
-  evaluate: Callable[[RunState, jnp.ndarray, jnp.ndarray], Metrics]
+  evaluate: Callable[..., Metrics]  # (state, images, labels of each evaluated split)
   steps_per_epoch: int
   examples_per_epoch: int
 
@@ -187,18 +191,23 @@ def loss_and_correct(logits: jnp.ndarray, labels: jnp.ndarray) -> Tuple[jnp.ndar
 
 def epoch_metrics(train_metrics: Metrics, test_metrics: Metrics, train_examples: int,
                   test_examples: int) -> Dict[str, Any]:
-  """Host-side: device metrics of one epoch -> the four recorded numbers.
+  """Host-side: device metrics of one epoch -> the recorded numbers (mlp_jax.metrics).
 
   Accuracy leaves the device as a count, so the host divides exactly: 9520 of
   10,000 is recorded as 0.952, not float32 0.95199996. Losses stay float32
   (np.float32); accuracies are exact fractions (Python float).
   """
-  return {
-      'train_loss': np.float32(train_metrics['train_loss']),
-      'train_accuracy': int(train_metrics['train_correct']) / train_examples,
-      'test_loss': np.float32(test_metrics['test_loss']),
-      'test_accuracy': int(test_metrics['test_correct']) / test_examples,
-  }
+  logged = {**train_metrics, **test_metrics}
+  examples = {metric_spec.TRAIN: train_examples, metric_spec.TEST: test_examples}
+  return {m.name: (int(logged[m.log_column]) / examples[m.split]
+                   if m.kind == metric_spec.ACCURACY else np.float32(logged[m.log_column]))
+          for m in metric_spec.recorded(examples)}
+
+
+def by_kind(split: str, kinds: Mapping[str, jnp.ndarray]) -> Metrics:
+  """The device metrics of `split`: each of its metrics (mlp_jax.metrics) from the
+  value of its kind, under its log column ('test_loss', 'test_correct')."""
+  return {m.log_column: kinds[m.kind] for m in metric_spec.recorded([split])}
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int,
@@ -224,13 +233,16 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int,
   return optax.adam(schedule)
 
 
-def make_trainer(config: TrainConfig, train_size: int, num_classes: int = 10) -> Trainer:
+def make_trainer(config: TrainConfig, train_size: int, num_classes: int = 10,
+                 eval_splits: Sequence[str] = (metric_spec.TEST,)) -> Trainer:
   """Builds the pure per-seed training functions for `config`.
 
   Args:
     config: the run's settings (validated).
     train_size: number of training examples the epochs will see.
     num_classes: number of label values (logits of the model).
+    eval_splits: the splits `evaluate` measures after each epoch, in this order
+      (mlp_jax.metrics.EVALUATED_SPLITS).
   """
   model = create_model(config, num_classes)
   batch_size = config.batch_size
@@ -290,9 +302,11 @@ def make_trainer(config: TrainConfig, train_size: int, num_classes: int = 10) ->
         (jnp.arange(steps_per_epoch), batches))
     new_state = state._replace(epoch=state.epoch + 1, params=params, model_state=model_state,
                                opt_state=opt_state)
-    return new_state, {'train_loss': losses.mean(), 'train_correct': corrects.sum()}
+    return new_state, by_kind(metric_spec.TRAIN, {metric_spec.LOSS: losses.mean(),
+                                                  metric_spec.ACCURACY: corrects.sum()})
 
-  def evaluate(state: RunState, images: jnp.ndarray, labels: jnp.ndarray) -> Metrics:
+  def evaluate_split(state: RunState, split: str, images: jnp.ndarray, labels: jnp.ndarray
+                     ) -> Metrics:
     """Mean loss and correct count on the whole of uint8 images[N, 784] / labels[N],
     in evaluation mode (no dropout, batch norm by its running averages)."""
     n = images.shape[0]
@@ -311,7 +325,19 @@ def make_trainer(config: TrainConfig, train_size: int, num_classes: int = 10) ->
               jnp.sum(correct, where=chunk_valid, dtype=jnp.int32))
 
     losses, corrects = jax.lax.map(chunk_sums, (images, labels, valid))
-    return {'test_loss': losses.sum() / n, 'test_correct': corrects.sum()}
+    return by_kind(split, {metric_spec.LOSS: losses.sum() / n,
+                           metric_spec.ACCURACY: corrects.sum()})
+
+  def evaluate(state: RunState, *images_and_labels: jnp.ndarray) -> Metrics:
+    """The metrics of every split of `eval_splits` (their log columns: 'test_loss',
+    'test_correct', ...), given uint8 images[N, 784], labels[N] of each in turn."""
+    if len(images_and_labels) != 2 * len(eval_splits):
+      raise ValueError(f'evaluate takes images and labels of {", ".join(eval_splits)}, '
+                       f'got {len(images_and_labels)} arrays')
+    results = {}
+    for i, split in enumerate(eval_splits):
+      results.update(evaluate_split(state, split, *images_and_labels[2 * i:2 * i + 2]))
+    return results
 
   return Trainer(init=init, train_epoch=with_matmul_precision(config, train_epoch),
                  evaluate=with_matmul_precision(config, evaluate),
