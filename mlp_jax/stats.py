@@ -252,10 +252,8 @@ def _resample_counts(rng: np.random.Generator, n: int, resamples: int) -> np.nda
   for start in range(0, resamples, step):
     stop = min(resamples, start + step)
     index = rng.integers(0, n, size=(stop - start, n))
-    rows = np.repeat(np.arange(stop - start), n)
-    block = np.zeros((stop - start, n), dtype=np.int64)
-    np.add.at(block, (rows, index.ravel()), 1)
-    counts[start:stop] = block
+    flat = (np.arange(stop - start)[:, None] * n + index).ravel()
+    counts[start:stop] = np.bincount(flat, minlength=(stop - start) * n).reshape(-1, n)
   return counts
 
 
