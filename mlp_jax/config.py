@@ -225,6 +225,10 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting('seed_curves', bool, False, 'Also draw each seed\'s curves.png (after training, in '
             'parallel processes); the sweep\'s own curves.png is always drawn.', of='run',
             flag='sweep'),
+    Setting('target_difference', float, None, 'A difference of final accuracy (e.g. 0.001: '
+            'a tenth of a point) the sweep should be able to detect: its summary then says how '
+            'many seeds detect it (80% power, alpha 0.05, paired across grid points) at the '
+            'spread the seeds showed.', of='run', flag='sweep', check=_positive),
     Setting('stop_on_divergence', bool, False, 'Stop (exit 2, records kept) once a seed\'s '
             'loss is not finite; without it a diverged seed is named once and trains on.',
             of='run'),

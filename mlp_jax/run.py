@@ -486,7 +486,9 @@ def write_summaries(workdir: str, points: Sequence[GridPoint], members: Sequence
     run_dirs = [m.run_dir for m in mine]
     curves = records.read_curves(run_dirs)
     summary += [{**point.cells, **row} for row in stats.summary_rows(curves)]
-    rows = stats.final_rows([m.config.seed for m in mine], curves['test_accuracy'])
+    # With a validation split, best epochs are chosen on it (test reported at them).
+    rows = stats.final_rows([m.config.seed for m in mine], curves['test_accuracy'],
+                            curves.get(VALIDATION_ACCURACY))
     for row, epoch in zip(rows, records.diverged_epochs(curves)):
       row[records.DIVERGED_COLUMN] = '' if epoch is None else str(epoch)
     final += [{**point.cells, **row} for row in rows]
@@ -495,9 +497,12 @@ def write_summaries(workdir: str, points: Sequence[GridPoint], members: Sequence
                                               dataset.test_labels))
   records.write_csv(os.path.join(workdir, records.SUMMARY_FILE), summary)
   records.write_csv(os.path.join(workdir, records.FINAL_FILE), final)
+  # With a validation split, points are ranked and tied on it alone (no test column).
+  validation = ([c[VALIDATION_ACCURACY][:, -1] for _, c in bands]
+                if VALIDATION_ACCURACY in bands[0][1] else None)
   records.write_csv(os.path.join(workdir, records.POINTS_FILE), stats.point_rows(
       [p.cells for p in points], [c['test_accuracy'][:, -1] for _, c in bands],
-      [records.format_fraction(n, len(dataset.test_labels)) for n in correct]))
+      [records.format_fraction(n, len(dataset.test_labels)) for n in correct], validation))
   config = points[0].config
   if len(points) == 1:
     curves = bands[0][1]
@@ -617,28 +622,104 @@ def train_sweep(config: TrainConfig, seeds: Sequence[int], workdir: Optional[str
     p = points[0]
     spread = (f' ± {float(p["std"]):.4f} (std), 95% CI [{float(p["ci95_low"]):.4f}, '
               f'{float(p["ci95_high"]):.4f}]' if int(p['n']) > 1 else '')
+    validated = (f'; validation accuracy mean {float(p["validation_mean"]):.4f}'
+                 if p.get('validation_mean') else '')
     print(f'sweep: final test accuracy over {p["n"]} seed(s): mean {float(p["mean"]):.4f}'
-          f'{spread}; ensemble of the seeds {float(p["ensemble_test_accuracy"]):.4f}', flush=True)
+          f'{spread}; ensemble of the seeds {float(p["ensemble_test_accuracy"]):.4f}'
+          f'{validated}', flush=True)
+    print(f'sweep: {selection_note(p)}', flush=True)
+  for line in planning_lines(outcome.members, len(grid.points(config)), options):
+    print(f'sweep: {line}', flush=True)
   print(f'sweep: {timing.seed_epochs} seed-epochs trained in {timing.train_seconds:.1f}s; '
         f'records in {workdir}', flush=True)
   return points
 
 
+VALIDATION_ACCURACY = 'validation_accuracy'
+# Suggested to a sweep that selected on the test set.
+SPLIT_ADVICE = ('--validation_size=5000 holds out training images to select on instead, '
+                'leaving the test set an unbiased estimate')
+
+
+def selection_note(point: Dict[str, str]) -> str:
+  """What a single sweep's best epochs (final.csv) were chosen on."""
+  if point.get('selected_on') == 'validation':
+    return ('final.csv\'s best epochs are chosen on validation accuracy; the test accuracy '
+            'reported is the one at that epoch')
+  return f'final.csv\'s best epochs are chosen on the test set itself; {SPLIT_ADVICE}'
+
+
+def planning_lines(members: Sequence[Member], points: int, options: RunOptions) -> List[str]:
+  """Seed planning (mlp_jax.stats, 80% power, alpha 0.05) of a finished sweep, on its
+  selection metric (final validation accuracy with a split, else test): the smallest
+  difference its seeds detect and, with --target_difference, the seeds that detect
+  that. A grid's test is paired (seed k matches across points), on the per-seed
+  differences of the runner-up from the best; a single sweep's is the two-sample
+  test against another sweep of as many seeds with its spread."""
+  from mlp_jax import stats  # pylint: disable=g-import-not-at-top
+  per_point = len(members) // points
+  if per_point < 2:
+    return []
+  finals = []
+  for i in range(points):
+    curves = records.read_curves([m.run_dir for m in members[i * per_point:(i + 1) * per_point]])
+    finals.append(curves.get(VALIDATION_ACCURACY, curves['test_accuracy'])[:, -1])
+  metric = ('final validation accuracy' if VALIDATION_ACCURACY in curves
+            else 'final test accuracy')
+  if points > 1:
+    order = sorted(range(points), key=lambda i: -float(np.mean(finals[i])))
+    std = float(np.std(finals[order[1]] - finals[order[0]], ddof=1))
+    paired, basis = True, f'paired, std {std:.4f} of the per-seed differences of ranks 1 and 2'
+  else:
+    std = float(np.std(finals[0], ddof=1))
+    paired, basis = False, (f'unpaired, against another sweep of as many seeds, std '
+                            f'{std:.4f} of each')
+  detectable = stats.detectable_difference(per_point, std, paired=paired)
+  lines = [f'{per_point} seeds detect a difference of {detectable:.4f} in {metric} '
+           f'(80% power, alpha 0.05; {basis})']
+  target = options.target_difference
+  if target is not None:
+    needed = stats.seeds_needed(target, std, paired=paired) if std > 0 else 2
+    lines.append(f'--target_difference={target:g} needs {needed} seeds'
+                 + (' per sweep' if not paired else '') + ' at that spread'
+                 + (f' (--seeds=0-{needed - 1})' if needed > per_point else
+                    '; these seeds suffice'))
+  return lines
+
+
 def points_table(points: Sequence[Dict[str, str]], flags: Sequence[str]) -> str:
-  """points.csv's rows as the console table a grid sweep ends with."""
-  header = ['rank', *flags, 'seeds', 'final test acc', '95% CI', 'ensemble', 'vs best',
-            'Welch p']
+  """points.csv's rows as the console table a grid sweep ends with: ranked, and
+  compared with the best, on validation accuracy with a split (else on the test
+  set, which the title says, suggesting the split)."""
+  validated = points[0].get('selected_on') == 'validation'
+  header = ['rank', *flags, 'seeds', *(['val acc'] if validated else []), 'final test acc',
+            '95% CI', 'ensemble', 'vs best', 'Holm p', 'tied']
   lines = [header]
   for p in points:
-    number = lambda key, digits=4: f'{float(p[key]):.{digits}f}' if p[key] else '-'
+    number = lambda key, digits=4: f'{float(p[key]):.{digits}f}' if p.get(key) else '-'
     lines.append([p['rank'], *(p[f] for f in flags), p['n'],
+                  *([number('validation_mean')] if validated else []),
                   f'{number("mean")} ± {number("std")}',
                   f'[{number("ci95_low")}, {number("ci95_high")}]',
                   number('ensemble_test_accuracy'),
                   f'{float(p["difference_to_best"]):+.4f}' if p['difference_to_best'] else '-',
-                  f'{float(p["welch_p_value"]):.3g}' if p['welch_p_value'] else '-'])
+                  f'{float(p["holm_p_value"]):.3g}' if p.get('holm_p_value') else '-',
+                  {'true': 'yes', 'false': 'no'}.get(p.get('tied_with_best', ''), '-')])
   widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-  title = ('grid: ranked by mean final test accuracy (± std); Welch\'s t-test of each '
-           'point against the best')
+  tied = [p['rank'] for p in points if p.get('tied_with_best') == 'true']
+  if validated:
+    title = ('grid: ranked on mean final validation accuracy; vs best, Holm p (paired '
+             't-tests against the best, Holm-adjusted) and ties on validation; test accuracy '
+             '(± std) is the estimate of each point')
+  else:
+    title = ('grid: ranked on mean final TEST accuracy (selected on the test set: the '
+             f'winner\'s figure is optimistic; {SPLIT_ADVICE}); vs best, Holm p (paired '
+             't-tests against the best, Holm-adjusted) and ties on test accuracy')
+  if not any(p.get('tied_with_best') for p in points[1:]):
+    footer = 'grid: ties need at least 2 seeds per point'
+  elif len(tied) > 1:
+    footer = f'grid: tied with the best (Holm p > 0.05): rank(s) {", ".join(tied)}'
+  else:
+    footer = 'grid: no point is tied with the best (every Holm p <= 0.05)'
   return '\n'.join([title] + ['  '.join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip()
-                               for line in lines])
+                               for line in lines] + [footer])
