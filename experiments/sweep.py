@@ -24,9 +24,11 @@ sweep (`--seeds=0-9`, then `--seeds=0-19`) extend it: only the new seeds train.
 initialisation, data order and dropout, and residual.
 """
 
+import gc
 import time
 
 _STARTED = time.perf_counter()
+gc.disable()  # while importing: see cli.settle_garbage_collector
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from typing import List, Optional, Tuple
@@ -35,13 +37,12 @@ from absl import flags
 
 from mlp_jax import cli
 from mlp_jax.errors import UsageError
-from mlp_jax.flags import (config_from_flags, define_entry_point_flags, define_run_flags,
-                           define_training_flags, grid_from_flags, parse_seeds,
-                           reject_extra_arguments, run_options_from_flags)
+from mlp_jax import flags as setting_flags
+from mlp_jax.flags import parse_seeds
 
-define_training_flags()
-define_run_flags()
-define_entry_point_flags('sweep')  # --seed_curves
+setting_flags.define_training_flags()
+setting_flags.define_run_flags()
+setting_flags.define_entry_point_flags('sweep')  # --seed_curves
 flags.DEFINE_string('seeds', '0-7', 'Seeds to train: ranges and lists, e.g. 0-7, 0,3,9, '
                     '0-3,10-12.')
 flags.DEFINE_string('init_seeds', None, 'With --data_seeds, instead of --seeds: a crossed '
@@ -53,6 +54,7 @@ flags.DEFINE_string('data_seeds', None, 'With --init_seeds: the data seeds of a 
                     'design (member i, j is mlp_jax.main --init_seed=i --seed=j).')
 flags.DEFINE_string('workdir', None, 'Where to write the sweep. Default: a new folder '
                     'runs/<time>-sweep<first seed> (a crossed design: runs/<time>-crossed).')
+flags.adopt_module_key_flags(setting_flags)  # --helpshort lists them all
 FLAGS = flags.FLAGS
 
 
@@ -73,26 +75,21 @@ def crossed_seeds() -> Optional[Tuple[List[int], List[int]]]:
 
 
 def main(argv):
-  reject_extra_arguments(argv)
   crossed = crossed_seeds()
   seeds = parse_seeds(FLAGS.seeds) if crossed is None else crossed[1]
-  config = config_from_flags(seeds[0], grid=True)
-  grid = grid_from_flags()
+  check = None
   if crossed is not None:
     from mlp_jax.crossed import check_design
-    check_design(*crossed, config, grid)
-  grid.points(config)  # every point's settings checked before anything is written
-  options = run_options_from_flags()
-  dataset = cli.load_data_meanwhile(config)  # while JAX is imported
-  from mlp_jax import environment
-  from mlp_jax.run import train_sweep
-  options = options.replace(program_cache_dir=environment.prepare_process(
-      options.deterministic, options.compilation_cache_dir))
+    check = lambda config, grid: check_design(*crossed, config, grid)
+  start = cli.start_training(argv, seeds[0], grid=True, check=check)
   if crossed is None:
-    train_sweep(config, seeds, FLAGS.workdir, options, _STARTED, grid, dataset())
+    from mlp_jax.run import train_sweep
+    train_sweep(start.config, seeds, FLAGS.workdir, start.options, _STARTED, start.grid,
+                start.dataset)
   else:
     from mlp_jax.crossed import train_crossed
-    train_crossed(config, *crossed, FLAGS.workdir, options, _STARTED, dataset())
+    train_crossed(start.config, *crossed, FLAGS.workdir, start.options, _STARTED,
+                  start.dataset)
 
 
 if __name__ == '__main__':

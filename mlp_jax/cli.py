@@ -9,15 +9,17 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, Callable, Optional, Sequence, TypeVar
+from typing import Any, Callable, NamedTuple, Optional, Sequence, TypeVar
 
 from absl import app
 from absl import flags
 from absl import logging
 
-from mlp_jax.config import BUNDLED_DATASET, TrainConfig
+from mlp_jax import flags as setting_flags
+from mlp_jax.config import BUNDLED_DATASET, RunOptions, TrainConfig
 from mlp_jax.data import Dataset, load_data
 from mlp_jax.errors import Interrupted, UsageError
+from mlp_jax.grid import Grid
 
 USAGE_EXIT_CODE = 2
 
@@ -85,6 +87,44 @@ def settle_garbage_collector() -> None:
   _, second, third = gc.get_threshold()
   gc.set_threshold(GC_THRESHOLD, second, third)
   gc.enable()
+
+
+class Training(NamedTuple):
+  """What an entry point that trains starts from (start_training)."""
+  config: TrainConfig          # its settings (a grid's first point)
+  grid: Grid                   # the swept settings (empty but in a sweep's grid)
+  options: RunOptions          # how it runs, the program cache's directory set
+  dataset: Optional[Dataset]   # the data, loaded (None: a TFDS dataset, run.train loads it)
+
+
+def start_training(argv: Sequence[str], seed: int, grid: bool = False,
+                   check: Optional[Callable[[TrainConfig, Grid], None]] = None) -> Training:
+  """The preamble of every entry point that trains, once its flags are parsed.
+
+  Checks the whole command line before anything is written (no stray arguments;
+  every setting and, with `grid`, every point of the sweep's grid); loads the
+  data while JAX, Flax and the training modules are imported; then settles the
+  garbage collector (the entry point called gc.disable() before its imports) and
+  prepares the process: GPU determinism, the compilation and program caches.
+  `check(config, grid)`: the entry point's own checks of them, made before the
+  grid's points are.
+  """
+  setting_flags.reject_extra_arguments(argv)
+  config = setting_flags.config_from_flags(seed, grid=grid)
+  swept = setting_flags.grid_from_flags() if grid else Grid()
+  if check is not None:
+    check(config, swept)
+  swept.points(config)  # each point's settings checked (a bad one names its flag)
+  options = setting_flags.run_options_from_flags()
+  dataset = load_data_meanwhile(config)
+  # Imported after the flags are parsed, so that the data loads meanwhile; the
+  # environment first: it fixes XLA:CPU's thread pool before JAX's backend starts.
+  from mlp_jax import environment  # pylint: disable=g-import-not-at-top
+  from mlp_jax import run  # pylint: disable=g-import-not-at-top,unused-import
+  settle_garbage_collector()
+  options = options.replace(program_cache_dir=environment.prepare_process(
+      options.deterministic, options.compilation_cache_dir))
+  return Training(config, swept, options, dataset())
 
 
 def _exit(code: int, every_process_stops: bool = False) -> None:

@@ -16,30 +16,22 @@ gc.disable()  # while importing: see cli.settle_garbage_collector
 from absl import flags
 
 from mlp_jax import cli
-from mlp_jax.flags import (config_from_flags, define_entry_point_flags, define_run_flags,
-                           define_training_flags, reject_extra_arguments, run_options_from_flags)
+from mlp_jax import flags as setting_flags
 
-define_training_flags()
-define_run_flags()
-define_entry_point_flags('main')  # --seed
+setting_flags.define_training_flags()
+setting_flags.define_run_flags()
+setting_flags.define_entry_point_flags('main')  # --seed
 flags.DEFINE_string('workdir', None, 'Where to write the run\'s records. Default: a new '
                     'folder runs/<time>-seed<seed>.')
+flags.adopt_module_key_flags(setting_flags)  # --helpshort lists them all
 FLAGS = flags.FLAGS
 
 
 def main(argv):
-  reject_extra_arguments(argv)
-  config = config_from_flags(FLAGS.seed)
-  options = run_options_from_flags()
-  dataset = cli.load_data_meanwhile(config)  # while JAX is imported
-  # Imported after the flags are parsed, so that the data loads meanwhile; the
-  # environment first: it fixes XLA:CPU's thread pool before JAX's backend starts.
-  from mlp_jax import environment
+  start = cli.start_training(argv, FLAGS.seed)
   from mlp_jax.run import train_and_evaluate
-  cli.settle_garbage_collector()
-  options = options.replace(program_cache_dir=environment.prepare_process(
-      options.deterministic, options.compilation_cache_dir))
-  train_and_evaluate(config, FLAGS.workdir, options, started=_STARTED, dataset=dataset())
+  train_and_evaluate(start.config, FLAGS.workdir, start.options, started=_STARTED,
+                     dataset=start.dataset)
 
 
 if __name__ == '__main__':

@@ -212,6 +212,18 @@ def test_the_entry_points_load_the_data_while_they_import_jax():
     assert imported == 'False', module
 
 
+def test_the_entry_points_import_with_the_garbage_collector_off():
+  """Both training entry points keep the collector off while importing, until
+  cli.start_training settles it (one preamble: the sweep had drifted from it)."""
+  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  from conftest import REPO  # pylint: disable=g-import-not-at-top
+  for module in ('mlp_jax.main', 'experiments.sweep'):
+    enabled = subprocess.run(
+        [sys.executable, '-c', f'import gc, {module}; print(gc.isenabled())'],
+        cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    assert enabled == 'False', module
+
+
 def test_in_background_returns_the_result_or_raises_in_the_caller():
   import threading  # pylint: disable=g-import-not-at-top
   from mlp_jax import cli  # pylint: disable=g-import-not-at-top
