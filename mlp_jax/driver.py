@@ -34,6 +34,7 @@ from mlp_jax.checkpoints import (ChunkCheckpoints, NoCheckpoints, RowKey, SavePo
 from mlp_jax.config import RunOptions, TrainConfig
 from mlp_jax.data import Dataset
 from mlp_jax.errors import Interrupted, UsageError
+from mlp_jax.launch import stops_on_lost_peer
 from mlp_jax.mesh import SeedMesh
 from mlp_jax.program_cache import Program, ProgramCache, trace
 from mlp_jax.progress import Progress
@@ -372,6 +373,7 @@ class Context:
                                          f'{dataset.num_classes} classes', program_cache),
                examples)
 
+  @stops_on_lost_peer
   def run_epoch(self, size: int, states: RunState, hparams: Hyperparameters
                 ) -> Tuple[RunState, Dict[str, np.ndarray], float, float]:
     """One epoch of a chunk: (states, this process's rows' metrics, train s, eval s).
@@ -391,6 +393,7 @@ class Context:
     return states, metrics, train_seconds, time.perf_counter() - tick
 
 
+@stops_on_lost_peer
 def agree(*flags: bool) -> Tuple[bool, ...]:
   """Each flag true if true on any process: processes stop and save together."""
   if jax.process_count() == 1:
@@ -414,6 +417,7 @@ def first_diverged(log: np.ndarray, rows: Sequence[int], epoch: int,
   return [int(np.argmax(b)) + 1 if b.any() else None for b in bad]
 
 
+@stops_on_lost_peer
 def sync_processes(name: str) -> None:
   """Waits for every process (no-op with one)."""
   if jax.process_count() > 1:

@@ -24,6 +24,7 @@ The launcher imports neither jax nor the module: it starts in a fraction of a se
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shlex
@@ -43,6 +44,61 @@ DEFAULT_GRACE_SECONDS = 10.0
 _MODULE = re.compile(r'^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$')
 # Variables shown by --dry_run, in this order, when set.
 _SHOWN = ('COORDINATOR_ADDRESS', 'NUM_PROCESSES', 'PROCESS_ID', 'CUDA_VISIBLE_DEVICES')
+
+
+# What a process of a job exits with when another process of it is gone.
+LOST_PEER_EXIT_CODE = 1
+# How a collective says that the process at the other end is gone (gloo on CPUs; the
+# coordination service's heartbeats elsewhere).
+_PEER_GONE = re.compile(r'Connection closed by peer|Connection reset by peer|Broken pipe|'
+                        r'heartbeat timeout|stopped sending heartbeats|tasks have crashed')
+_PEER_ADDRESS = re.compile(r'peer \[?([0-9A-Fa-f.:]+?)\]?:(\d+)')
+
+
+def lost_peer_line(error: BaseException, process_index: int, process_count: int
+                   ) -> Optional[str]:
+  """The one line saying that another process of the job is gone, if `error` (raised by
+  a collective in process `process_index` of `process_count`) says so; else None.
+
+  The lost process is named when it can only be one (two processes), else by the
+  address its connection came from."""
+  text = str(error)
+  if process_count < 2 or not _PEER_GONE.search(text):
+    return None
+  if process_count == 2:
+    lost = f'process {1 - process_index}'
+  else:
+    address = _PEER_ADDRESS.search(text)
+    lost = f'the process at {address.group(1)}:{address.group(2)}' if address else 'a process'
+  first = next((l for l in text.splitlines() if _PEER_GONE.search(l)), text)
+  reason = re.sub(r'\[[^\]]*\.(cc|h):\d+\]\s*', '', first).strip()
+  reason = reason if len(reason) <= 160 else f'{reason[:157]}...'
+  return (f'mlp_jax: process {process_index} of {process_count} lost {lost} of the job '
+          f'({reason}); stopping now: run the same command again to resume from the last '
+          'checkpoint')
+
+
+def stops_on_lost_peer(fn):
+  """Decorates a function that runs collectives over the processes of a job: when one
+  fails because another process is gone, this process says so in one line
+  (lost_peer_line) and exits at once with LOST_PEER_EXIT_CODE, without the
+  traceback, the wait at JAX's shutdown barrier for the lost process (minutes) or
+  the cleanups that would wait on it too. Its records are whole (every file is
+  written atomically; an unfinished checkpoint is a temporary directory)."""
+
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    try:
+      return fn(*args, **kwargs)
+    except Exception as e:  # JAX raises ValueError, JaxRuntimeError, ... for gloo's errors
+      import jax  # pylint: disable=g-import-not-at-top
+      line = lost_peer_line(e, jax.process_index(), jax.process_count())
+      if line is None:
+        raise
+      sys.stdout.flush()
+      print(line, file=sys.stderr, flush=True)
+      os._exit(LOST_PEER_EXIT_CODE)  # pylint: disable=protected-access
+  return wrapped
 
 
 def _say(message: str) -> None:

@@ -299,6 +299,29 @@ if os.environ.get('PROCESS_ID') == '1':
   assert run.seconds < 40
 
 
+@pytest.mark.slow
+def test_a_process_lost_in_training_is_one_line_and_the_survivor_stops_at_once(tmp_path,
+                                                                              cache_dir):
+  """Process 1 dies at its first epoch; process 0 meets the loss in its next collective:
+  one line naming process 1, exit at once (not JAX's traceback, nor a wait at its
+  shutdown barrier that ignores SIGTERM until the launcher's SIGKILL)."""
+  run = _two_process_sweep_with(tmp_path, cache_dir, '''
+if os.environ.get('PROCESS_ID') == '1':
+  from mlp_jax import driver
+  def run_epoch(*args, **kwargs):
+    print('process 1: dying in training', file=sys.stderr, flush=True)
+    os._exit(4)
+  driver.Context.run_epoch = run_epoch''', grace='30')
+  assert run.proc.returncode == 4, run.stderr
+  assert re.search(r'^\[p0\] mlp_jax: process 0 of 2 lost process 1 of the job \(.*Connection '
+                   r'closed by peer .*\); stopping now: run the same command again to resume '
+                   r'from the last checkpoint$', run.stderr, re.M), run.stderr
+  assert 'Traceback' not in run.stderr
+  # Stopped within the launcher's grace period: never killed (p0=137 after 30 s).
+  assert re.search(r'\(exit codes: p0=(1|143) p1=4\)', run.stderr), run.stderr
+  assert 'still running' not in run.stderr
+
+
 def test_a_module_error_after_joining_stops_the_launch(tmp_path, cache_dir):
   """Process 1 cannot take its workdir lock (.lock.1 is a directory) and reports it."""
   workdir = tmp_path / 'w'
