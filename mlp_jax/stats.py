@@ -84,11 +84,14 @@ def summarize(values: Sequence[float]) -> Summary:
                  ci95_low=low, ci95_high=high)
 
 
-def mean_ci(values) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Per-epoch mean of many runs and its 95% t-interval.
+def mean_ci(values, accuracy: bool = False) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Per-epoch mean of many runs and its 95% interval.
 
   Args:
     values: float[runs, epochs], runs >= 1.
+    accuracy: the values are accuracies in [0, 1]: each epoch's interval is
+      accuracy_ci's (the t interval on the logit scale), so it stays inside [0, 1];
+      otherwise the plain t interval.
 
   Returns:
     (mean, ci_low, ci_high), each float64[epochs]. With one run the bounds are
@@ -105,6 +108,9 @@ def mean_ci(values) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
   if runs == 1:
     nan = np.full_like(mean, np.nan)
     return mean, nan, nan.copy()
+  if accuracy:
+    bounds = np.array([accuracy_ci(x[:, i]) for i in range(x.shape[1])]).reshape(-1, 2)
+    return mean, bounds[:, 0], bounds[:, 1]
   half = _t_quantile(runs - 1) * np.std(x, axis=0, ddof=1) / math.sqrt(runs)
   return mean, mean - half, mean + half
 
@@ -669,6 +675,12 @@ def _text(value: float) -> str:
   return repr(float(value))
 
 
+def is_accuracy(metric: str) -> bool:
+  """Whether a history column holds an accuracy (a fraction in [0, 1])."""
+  from mlp_jax.metrics import ACCURACY, BY_NAME  # pylint: disable=g-import-not-at-top
+  return metric in BY_NAME and BY_NAME[metric].kind == ACCURACY
+
+
 def summary_rows(curves: Mapping[str, np.ndarray]) -> List[Dict[str, str]]:
   """Rows of summary.csv: one per epoch and metric, epoch by epoch.
 
@@ -678,7 +690,8 @@ def summary_rows(curves: Mapping[str, np.ndarray]) -> List[Dict[str, str]]:
 
   Returns:
     A list of dicts keyed by SUMMARY_COLUMNS, all values strings (floats as
-    repr(); 'nan' for the std and CI of a single run).
+    repr(); 'nan' for the std and CI of a single run). An accuracy's CI is
+    accuracy_ci's, inside [0, 1]; other metrics' the t interval.
   """
   epochs = np.asarray(curves['epoch'])
   metrics = {name: np.asarray(v, dtype=np.float64) for name, v in curves.items()
@@ -690,6 +703,9 @@ def summary_rows(curves: Mapping[str, np.ndarray]) -> List[Dict[str, str]]:
   for i, epoch in enumerate(epochs):
     for name, values in metrics.items():
       s = summarize(values[:, i])
+      if is_accuracy(name):
+        low, high = accuracy_ci(values[:, i])
+        s = s._replace(ci95_low=low, ci95_high=high)
       rows.append({'epoch': str(int(epoch)), 'metric': name, 'n': str(s.n),
                    **{field: _text(getattr(s, field)) for field in SUMMARY_COLUMNS[3:]}})
   return rows

@@ -93,8 +93,17 @@ def test_sweep_writes_its_summaries(runs):
   assert int(row['n']) == 4
   assert float(row['mean']) == pytest.approx(final_accuracy.mean(), rel=1e-12)
   assert float(row['std']) == pytest.approx(final_accuracy.std(ddof=1), rel=1e-12)
-  half_width = 3.182446305284263 * final_accuracy.std(ddof=1) / 2  # t(0.975, 3) s / sqrt(4)
-  assert float(row['ci95_high']) == pytest.approx(final_accuracy.mean() + half_width, rel=1e-9)
+  # An accuracy's CI is the t interval on the logit scale (inside [0, 1]), a loss's the
+  # plain t interval: t(0.975, 3) s / sqrt(4).
+  logits = np.log(final_accuracy / (1 - final_accuracy))
+  half_width = 3.182446305284263 * logits.std(ddof=1) / 2
+  assert float(row['ci95_high']) == pytest.approx(
+      1 / (1 + np.exp(-(logits.mean() + half_width))), rel=1e-9)
+  assert 0 < float(row['ci95_low']) < float(row['mean']) < float(row['ci95_high']) < 1
+  final_loss = np.array([float(histories[s][-1]['test_loss']) for s in range(4)])
+  loss_row = summary[('2', 'test_loss')]
+  half_width = 3.182446305284263 * final_loss.std(ddof=1) / 2
+  assert float(loss_row['ci95_high']) == pytest.approx(final_loss.mean() + half_width, rel=1e-9)
   assert stats.summarize(final_accuracy).n == 4
   assert 'test acc mean' in runs['all4_stdout']
 
