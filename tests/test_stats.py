@@ -134,8 +134,17 @@ def test_summary_rows_by_hand():
   assert first['n'] == '2' and first['min'] == '0.9' and first['max'] == '0.92'
   assert float(first['mean']) == pytest.approx(0.91, abs=1e-15)
   assert float(first['std']) == pytest.approx(math.sqrt(2) * 0.01, rel=1e-12)
-  assert float(first['ci95_high']) - float(first['mean']) == pytest.approx(
-      T_975[1] * 0.01, rel=1e-9)
+  # An accuracy's interval is the t interval of the logits, mapped back: inside [0, 1].
+  logits = np.log(np.array([0.90, 0.92]) / np.array([0.10, 0.08]))
+  half = T_975[1] * np.std(logits, ddof=1) / math.sqrt(2)
+  assert float(first['ci95_low']) == pytest.approx(1 / (1 + math.exp(half - logits.mean())),
+                                                   rel=1e-9)
+  assert float(first['ci95_high']) == pytest.approx(
+      1 / (1 + math.exp(-half - logits.mean())), rel=1e-9)
+  assert 0 < float(first['ci95_low']) and float(first['ci95_high']) < 1
+  loss = rows[1]  # a loss keeps the plain t interval
+  assert float(loss['ci95_high']) - float(loss['mean']) == pytest.approx(T_975[1] * 0.1,
+                                                                         rel=1e-9)
   # repr(): the text reads back to exactly the float computed.
   assert float(first['mean']) == np.mean([0.90, 0.92])
 
