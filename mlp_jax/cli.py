@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import functools
 import gc
+import importlib
 import os
 import signal
 import sys
@@ -120,7 +121,7 @@ def start_training(argv: Sequence[str], seed: int, grid: bool = False,
   # Imported after the flags are parsed, so that the data loads meanwhile; the
   # environment first: it fixes XLA:CPU's thread pool before JAX's backend starts.
   from mlp_jax import environment  # pylint: disable=g-import-not-at-top
-  from mlp_jax import run  # pylint: disable=g-import-not-at-top,unused-import
+  importlib.import_module('mlp_jax.run')  # what trains: JAX, Flax, optax, orbax
   settle_garbage_collector()
   options = options.replace(program_cache_dir=environment.prepare_process(
       options.deterministic, options.compilation_cache_dir))

@@ -56,6 +56,7 @@ Check = Callable[[str, Any], Optional[str]]
 
 
 def at_least(minimum: int, auto: bool = False) -> Check:
+  """A check that the value is at least `minimum` (`auto`: the flag also takes auto)."""
   shown = 'auto or at least' if auto else 'at least'
   return lambda name, v: (f'--{name} must be {shown} {minimum}, got {v}'
                           if v < minimum else None)

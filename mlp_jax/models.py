@@ -5,12 +5,14 @@ num_classes)` (the module a TrainConfig describes) and `title(config)` (its name
 in plots), registered by one line of config.MODELS. It is called only as
 `model.init(key, images)` and `model.apply(variables, images, train=...,
 dropout_rate=..., rngs=...)`; the MLP and CNN here take float32 pixels in [0, 1]
-of shape [N, 784] (or [N, 28, 28]) and return float32[N, num_classes] logits. With `batch_norm`, the variables hold
-a 'batch_stats' collection: batch statistics normalise in training (and update
-the running averages), the running averages normalise in evaluation. With
-`dropout > 0`, training needs an rng named 'dropout'; evaluation drops nothing.
-The dropout rate may also be given at call time as a traced value
-(`dropout_rate=`), so that runs differing only in it share one compiled program.
+of shape [N, 784] (or [N, 28, 28]) and return float32[N, num_classes] logits.
+
+With `batch_norm`, the variables hold a 'batch_stats' collection: batch
+statistics normalise in training (and update the running averages), the running
+averages normalise in evaluation. With `dropout > 0`, training needs an rng named
+'dropout'; evaluation drops nothing. The dropout rate may also be given at call
+time as a traced value (`dropout_rate=`), so that runs differing only in it share
+one compiled program.
 """
 
 from __future__ import annotations
