@@ -56,9 +56,15 @@ under 2 minutes on 2 cores). Each part is timed, in this order:
                again from the filled (warm) one: seed-epochs/s of training and of
                the whole process, start-up, compile, host work itemised
                (timing.json), peak device memory, the vmap width and chunk size.
-  determinism  a short sweep (seeds 0..W at vmap width W: its last seed a remainder
-               group) twice in two processes (identical?) and once
-               --nodeterministic (its speed, and whether its bits moved).
+  roofline     bytes per seed-epoch from XLA's cost analysis of the compiled epoch
+               program, the device's memory bandwidth (a table of known devices, or
+               a measured copy), and the training rate as a fraction of their ratio;
+               in a child process, like every part: the benchmark's own process
+               starts no backend (on a GPU it would hold most of the memory).
+  determinism  a short sweep (seeds 0..W at vmap width W, 64 on a GPU/TPU and 2 on a
+               CPU: its last seed a remainder group) twice in two processes
+               (identical?) and once --nodeterministic (its speed, and whether its
+               bits moved).
   replay       the last seed of the sweep and of the short sweep replayed by
                `mlp_jax.main --seed=k --vmap_width=W`: IDENTICAL when the trained
                parameters are the same bytes and history.csv the same numbers.
@@ -66,14 +72,10 @@ under 2 minutes on 2 cores). Each part is timed, in this order:
                (TF32 on recent NVIDIA GPUs): speed, accuracy, whether bits moved.
   grid         a 3-rate grid against a sweep of as many seeds, after a warm-up that
                fills the cache for both: their wall and training time ratios.
-  roofline     bytes per seed-epoch from XLA's cost analysis of the compiled epoch
-               program, the device's memory bandwidth (a table of known devices, or
-               a measured copy), and the training rate as a fraction of their ratio.
-               Measured last, in this process: no backend is started here while
-               the children run (on a GPU it would hold most of the memory).
 
 It writes --output (top-level keys device, sweep, roofline, replay, determinism,
-precision, grid, seconds) and a markdown table beside it (the same name with .md),
+precision, grid, seconds, complete; rewritten after each part, so a check stopped by
+a time limit keeps what it measured) and a markdown table beside it (the same name with .md),
 naming the device, driver, CUDA and library versions.
 
 It prints a table with the targets (PASS/FAIL) and writes every number, with the
@@ -840,7 +842,7 @@ def run_benchmark(quick: bool, torch_python: Optional[str] = None,
 ACCELERATOR_SIZE = {'accelerator': (1000, 100), 'cpu': (2, 1)}
 # The short sweeps (determinism, precision) run seeds 0..width at this vmap width,
 # so their last seed is a remainder group padded from 1 to `width`.
-SHORT_WIDTH = {'accelerator': 4, 'cpu': 2}
+SHORT_WIDTH = {'accelerator': 64, 'cpu': 2}
 SHORT_EPOCHS = {'accelerator': 2, 'cpu': 1}
 # Grid: 3 learning rates x this many seeds against a sweep of 3x as many seeds.
 GRID_RATES = ('1e-4', '3e-4', '1e-3')
@@ -922,6 +924,7 @@ def probe_device(scratch: str, cache_dir: str) -> Dict[str, Any]:
       info['nvidia_smi'] = {'name': name, 'driver_version': driver, 'memory_total': memory}
   platform_info = environment.cpu_description()
   info['cpu'] = platform_info.get('cpu')
+  info['cpu_id'] = platform_info.get('cpu_id')
   info['cpu_count'] = os.cpu_count()
   return info
 
@@ -981,10 +984,11 @@ def run_replay(scratch: str, name: str, cache_dir: str, sweep: Dict[str, Any], s
           f'--workdir={workdir}', *sweep['extra_args']]
   run = run_child('mlp_jax.main', args, cache_dir, os.path.join(scratch, f'{name}.log'))
   member = records.seed_dir(sweep['workdir'], seed)
-  seeds = sweep['seeds']
-  unit = width * sweep.get('device_count', 1)
+  # Seeds fill groups of width x devices in order; the last, partial one is padded.
+  seeds, unit = sweep['seeds'], width * sweep.get('device_count', 1)
+  remainder = seeds % unit != 0 and seed >= seeds - seeds % unit
   return {'command': run['command'], 'wall_seconds': run['wall_seconds'], 'seed': seed,
-          'vmap_width': width, 'remainder_group': seeds % unit != 0 and seed >= seeds - seeds % unit,
+          'vmap_width': width, 'remainder_group': remainder,
           'returncode': run['returncode'], 'error': run.get('error'),
           'identical': run['returncode'] == 0 and same_bits(workdir, member)}
 
@@ -1042,14 +1046,16 @@ def measured_copy_bandwidth(megabytes: int, repeats: int = 5) -> float:
 
 def measure_roofline(width: int, train_rate: float, device_kind: str, backend: str
                      ) -> Dict[str, Any]:
-  """The training rate against the memory-bandwidth roofline (in this process; run
-  after every child, so that no backend here holds device memory meanwhile).
+  """The training rate against the memory-bandwidth roofline (run in a child process
+  by the check: a backend in the benchmark's own process would hold device memory
+  while the other parts run).
 
   Bytes per seed-epoch come from XLA's cost analysis of the compiled epoch program
   (the driver's, for a chunk of `width` seeds at vmap width `width`): XLA counts a
   loop's body once, so its 'bytes accessed' is one optimizer step's (plus what runs
   once an epoch), times the steps of an epoch, over the seeds. A gather counts its
-  whole operand, the training set, so this is an upper bound on the traffic.
+  whole operand, the training set, so this is an upper bound on the traffic; the
+  estimate without that count takes the training set's bytes off each step.
   """
   config = TrainConfig()
   mesh = SeedMesh(jax.local_devices()[:1])
@@ -1062,6 +1068,8 @@ def measure_roofline(width: int, train_rate: float, device_kind: str, backend: s
   program_bytes = float(analysis['bytes accessed'])
   steps = trainer.examples_per_epoch // config.batch_size
   per_seed_epoch = program_bytes * steps / width
+  dataset_bytes = float(data.train_images.nbytes + data.train_labels.nbytes)
+  without_gather = max(program_bytes - dataset_bytes, 0.0) * steps / width
   known = device_bandwidth(device_kind)
   if known is not None:
     source, bandwidth = f'table ({known[0]})', known[1]
@@ -1071,10 +1079,29 @@ def measure_roofline(width: int, train_rate: float, device_kind: str, backend: s
   roofline = bandwidth / per_seed_epoch
   return {'program_width': width, 'program_bytes_accessed': program_bytes,
           'steps_per_epoch': steps, 'bytes_per_seed_epoch': per_seed_epoch,
+          'training_set_bytes': dataset_bytes,
+          'bytes_per_seed_epoch_without_gather_operand': without_gather,
+          'roofline_without_gather_operand': (bandwidth / without_gather
+                                              if without_gather else None),
           'bandwidth_bytes_per_second': bandwidth, 'bandwidth_source': source,
           'roofline_seed_epochs_per_second': roofline,
           'train_seed_epochs_per_second': train_rate,
           'fraction_of_roofline': train_rate / roofline}
+
+
+def measure_roofline_in_child(scratch: str, cache_dir: str, width: int, train_rate: float,
+                              device_kind: str, backend: str) -> Dict[str, Any]:
+  """measure_roofline in a child process (see there)."""
+  code = ('import json, sys\nfrom experiments.benchmark import measure_roofline\n'
+          'print("roofline: " + json.dumps(measure_roofline(*json.loads(sys.argv[1]))))')
+  log = os.path.join(scratch, 'roofline.log')
+  run = run_command([sys.executable, '-c', code,
+                     json.dumps([width, train_rate, device_kind, backend])], cache_dir, log)
+  with open(log, errors='replace') as f:
+    lines = [line for line in f if line.startswith('roofline: ')]
+  if run['returncode'] != 0 or not lines:
+    raise UsageError(f'--accelerator: the roofline part failed: {run.get("error")}')
+  return json.loads(lines[-1][len('roofline: '):])
 
 
 def accelerator_size(backend: str, seeds: Optional[int], epochs: Optional[int]
@@ -1090,9 +1117,13 @@ def accelerator_size(backend: str, seeds: Optional[int], epochs: Optional[int]
           'grid_seeds': GRID_SEEDS[kind] if seeds >= 3 * GRID_SEEDS[kind] else 1}
 
 
-def run_accelerator_check(seeds: Optional[int] = None, epochs: Optional[int] = None
-                          ) -> Dict[str, Any]:
-  """Every part of the accelerator check, each timed (`seconds`); the JSON's dict."""
+def run_accelerator_check(seeds: Optional[int] = None, epochs: Optional[int] = None,
+                          output: Optional[str] = None) -> Dict[str, Any]:
+  """Every part of the accelerator check, each timed (`seconds`); the JSON's dict.
+
+  With `output`, the parts measured so far are written there after each part
+  (`complete` false until the end), so a check stopped by a time limit keeps them.
+  """
   started = time.perf_counter()
   results: Dict[str, Any] = {}
   with tempfile.TemporaryDirectory(prefix='mlp_jax_accelerator_') as scratch:
@@ -1117,6 +1148,8 @@ def run_accelerator_check(seeds: Optional[int] = None, epochs: Optional[int] = N
       value = measure()
       value['seconds'] = time.perf_counter() - tick
       results[key] = value
+      if output is not None:
+        write_results(output, {**results, 'complete': False})
       return value
 
     main_args = [f'--seeds=0-{size["seeds"] - 1}', f'--epochs={size["epochs"]}']
@@ -1127,8 +1160,13 @@ def run_accelerator_check(seeds: Optional[int] = None, epochs: Optional[int] = N
       sweeps['warm'] = run_sweep(scratch, 'sweep_warm', cache, main_args)
       return {'seeds': size['seeds'], 'epochs': size['epochs'],
               'cold': sweep_summary(sweeps['cold']), 'warm': sweep_summary(sweeps['warm'])}
-    part('sweep', f'{size["seeds"]} seeds x {size["epochs"]} epochs, cold and warm cache',
+    part('sweep', f'{size["seeds"]} seed(s) x {size["epochs"]} epoch(s), cold and warm cache',
          measure_sweep_part)
+    warm = sweeps['warm']
+    part('roofline', 'bytes per seed-epoch (cost analysis) against memory bandwidth',
+         lambda: measure_roofline_in_child(scratch, cache, min(warm['vmap_width'] or 1, 8),
+                                           warm['seed_epochs_per_second'],
+                                           device['device_kind'], device['backend']))
 
     short_args = [f'--seeds=0-{size["short_seeds"] - 1}', f'--epochs={size["short_epochs"]}',
                   f'--vmap_width={size["short_width"]}']
@@ -1192,13 +1230,9 @@ def run_accelerator_check(seeds: Optional[int] = None, epochs: Optional[int] = N
               'train_ratio': grid['timing']['train_seconds'] / sweep['timing']['train_seconds']}
     part('grid', f'{len(GRID_RATES)}-rate grid against a sweep of as many seeds', measure_grid)
 
-    warm = sweeps['warm']
-    part('roofline', 'bytes per seed-epoch (cost analysis) against memory bandwidth',
-         lambda: measure_roofline(min(warm['vmap_width'] or 1, 8),
-                                  warm['seed_epochs_per_second'], device['device_kind'],
-                                  device['backend']))
   results['device']['load_average'].append(load_average())
   results['seconds'] = time.perf_counter() - started
+  results['complete'] = True
   return results
 
 
@@ -1222,8 +1256,8 @@ def accelerator_table(results: Dict[str, Any]) -> str:
   lines = [f'Device: {d["device_kind"]} x {d["device_count"]} ({d["backend"]}); '
            f'driver {smi.get("driver_version", "n/a")}; CUDA runtime '
            f'{cuda.get("runtime", "n/a")}, driver API {cuda.get("driver", "n/a")}, cuDNN '
-           f'{cuda.get("cudnn", "n/a")}; host CPU {d.get("cpu")} ({d.get("cpu_count")} '
-           f'cores); Python {d["python"]}; {versions}.', '',
+           f'{cuda.get("cudnn", "n/a")}; host CPU {d.get("cpu")} ({d.get("cpu_id")}; '
+           f'{d.get("cpu_count")} cores); Python {d["python"]}; {versions}.', '',
            '| part | figure | value |', '|---|---|---|']
   row = lambda part, figure, value: lines.append(f'| {part} | {figure} | {value} |')
   for name in ('cold', 'warm'):
@@ -1249,6 +1283,9 @@ def accelerator_table(results: Dict[str, Any]) -> str:
   row('roofline', 'roofline / training seed-epochs/s (fraction)',
       f'{_rate(f["roofline_seed_epochs_per_second"])} / '
       f'{_rate(f["train_seed_epochs_per_second"])} ({f["fraction_of_roofline"]:.3f})')
+  row('roofline', 'without the gather\'s whole-operand count: bytes / roofline',
+      f'{f["bytes_per_seed_epoch_without_gather_operand"] / 1e9:.2f} GB / '
+      f'{_rate(f["roofline_without_gather_operand"])} seed-epochs/s')
   for replay in results['replay']['replays']:
     row('replay', f'seed {replay["seed"]} at width {replay["vmap_width"]}'
         + (' (remainder group)' if replay['remainder_group'] else ''),
@@ -1282,7 +1319,7 @@ def accelerator_main(output: str, seeds: Optional[int], epochs: Optional[int]) -
   for flag, value in (('accelerator_seeds', seeds), ('accelerator_epochs', epochs)):
     if value is not None and value < 1:
       raise UsageError(f'--{flag} must be at least 1, got {value}')
-  results = run_accelerator_check(seeds, epochs)
+  results = run_accelerator_check(seeds, epochs, output)
   table = accelerator_table(results)
   print()
   print(table)

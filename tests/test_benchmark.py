@@ -277,7 +277,7 @@ def test_bandwidth_of_known_devices(device_kind, bandwidth):
 def test_accelerator_size_is_the_claims_on_a_gpu_and_small_on_a_cpu():
   gpu = benchmark.accelerator_size('gpu', None, None)
   assert (gpu['seeds'], gpu['epochs']) == (1000, 100)
-  assert (gpu['short_seeds'], gpu['short_width']) == (5, 4)  # seed 4: a remainder group
+  assert (gpu['short_seeds'], gpu['short_width']) == (65, 64)  # seed 64: a remainder group
   assert gpu['grid_seeds'] == 64
   cpu = benchmark.accelerator_size('cpu', None, None)
   assert (cpu['seeds'], cpu['epochs'], cpu['short_epochs']) == (2, 1, 1)
@@ -347,5 +347,6 @@ def test_the_accelerator_check_runs_every_part_at_its_cpu_size(run_module, tmp_p
       roofline['program_width'])
   with open(tmp_path / 'check.md') as f:
     table = f.read()
+  assert check['complete'] is True
   assert table.startswith('Device: cpu x 1 (cpu)') and '| replay |' in table
   assert 'jax 0.' in table and 'IDENTICAL' in table
