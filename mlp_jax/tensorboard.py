@@ -4,7 +4,9 @@
 sweep as the HParams dashboard's sortable table (write_hparams): each member a run
 whose group is its grid point, so TensorBoard aggregates a point's seeds. Written
 with tensorboardX's protos (no TensorFlow), which are imported only when a writer
-is made: importing this module loads neither tensorboardX nor jax.
+is made: importing this module loads neither tensorboardX nor jax. Where tensorboardX
+is not installed (a machine with TensorBoard itself but no package registry), the
+same protos and record framing come from the tensorboard package.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import os
 import resource
 import secrets
 import socket
+import struct
 import time
+import types
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -45,6 +49,51 @@ HPARAMS_METRICS = (
     ('ensemble_test_accuracy', 'Test accuracy of the grid point\'s ensemble of seeds '
      '(argmax of their mean probabilities): the same for every seed of a point.'),
 )
+
+
+def _protos() -> types.SimpleNamespace:
+  """The protos and CRC the event files are written with: tensorboardX's copies (a
+  dependency of the project), else TensorBoard's own (the same messages)."""
+  # pylint: disable=g-import-not-at-top
+  try:
+    from tensorboardX.proto import (api_pb2, event_pb2, plugin_hparams_pb2, summary_pb2,
+                                    tensor_pb2, tensor_shape_pb2, types_pb2)
+    from tensorboardX.record_writer import masked_crc32c
+  except ImportError:
+    from tensorboard.compat.proto import (event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2,
+                                          types_pb2)
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+    from tensorboard.plugins.hparams import api_pb2
+    from tensorboard.plugins.hparams import plugin_data_pb2 as plugin_hparams_pb2
+  return types.SimpleNamespace(
+      api_pb2=api_pb2, event_pb2=event_pb2, plugin_hparams_pb2=plugin_hparams_pb2,
+      summary_pb2=summary_pb2, tensor_pb2=tensor_pb2, tensor_shape_pb2=tensor_shape_pb2,
+      types_pb2=types_pb2, masked_crc32c=masked_crc32c)
+
+
+class _EventsFile:
+  """One events file, `<directory>/events.out.tfevents.<time>.<host><suffix>`: a
+  TFRecord file of Event protos, its first event the file version (what TensorBoard's
+  and tensorboardX's writers write)."""
+
+  def __init__(self, directory: str, suffix: str, protos: types.SimpleNamespace):
+    self.path = os.path.join(directory, f'events.out.tfevents.{int(time.time())}.'
+                                        f'{socket.gethostname()}{suffix}')
+    self._crc = protos.masked_crc32c
+    self._file = open(self.path, 'wb')  # pylint: disable=consider-using-with
+    self.write(protos.event_pb2.Event(wall_time=time.time(), file_version='brain.Event:2'))
+
+  def write(self, event: Any) -> None:
+    data = event.SerializeToString()
+    header = struct.pack('<Q', len(data))
+    self._file.write(header + struct.pack('<I', self._crc(header)) + data +
+                     struct.pack('<I', self._crc(data)))
+
+  def flush(self) -> None:
+    self._file.flush()
+
+  def close(self) -> None:
+    self._file.close()
 
 
 def member_runs(members_per_point: int, requested: bool) -> bool:
@@ -92,9 +141,8 @@ class EpochWriter:
   def __init__(self, logdirs: Sequence[str], mean_logdir: Optional[str] = None,
                flush_secs: float = 120.0):
     # pylint: disable=g-import-not-at-top
-    from tensorboardX.event_file_writer import EventsWriter
-    from tensorboardX.proto import event_pb2, summary_pb2
-    self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
+    protos = _protos()
+    self._event_pb2, self._summary_pb2 = protos.event_pb2, protos.summary_pb2
     self._count = len(logdirs)
     self._flush_secs = flush_secs
     self._last_flush = time.monotonic()
@@ -107,7 +155,7 @@ class EpochWriter:
     try:
       for directory in directories:
         os.makedirs(directory, exist_ok=True)
-        self._writers.append(EventsWriter(os.path.join(directory, 'events'), suffix))
+        self._writers.append(_EventsFile(directory, suffix, protos))
     except BaseException:
       self.close()
       raise
@@ -138,8 +186,7 @@ class EpochWriter:
     event = self._event_pb2.Event
     for writer, row in zip(self._writers, rows):
       values = [summary.Value(tag=tag, simple_value=value) for tag, value in zip(tags, row)]
-      writer.write_event(event(wall_time=wall_time, step=epoch,
-                               summary=summary(value=values)))
+      writer.write(event(wall_time=wall_time, step=epoch, summary=summary(value=values)))
     if time.monotonic() - self._last_flush >= self._flush_secs:
       self.flush()
 
@@ -188,27 +235,21 @@ def _hparam_value(value: Any) -> Any:
   return float(value)
 
 
-def _write_hparams_file(logdir: str, events: Sequence[Any]) -> None:
+def _write_hparams_file(logdir: str, events: Sequence[Any],
+                        protos: types.SimpleNamespace) -> None:
   """Replaces `logdir`'s HParams events file by one holding `events`."""
-  # pylint: disable=g-import-not-at-top
-  from tensorboardX.proto import event_pb2
-  from tensorboardX.record_writer import RecordWriter
   os.makedirs(logdir, exist_ok=True)
   stale = glob.glob(os.path.join(logdir, f'events.out.tfevents.*{HPARAMS_SUFFIX}'))
   # Named after the current second, so it sorts after the per-epoch files already
   # there: a TensorBoard watching the directory reads files in name order only.
-  path = os.path.join(logdir, f'events.out.tfevents.{int(time.time())}.'
-                              f'{socket.gethostname()}{HPARAMS_SUFFIX}')
-  writer = RecordWriter(path)
+  writer = _EventsFile(logdir, HPARAMS_SUFFIX, protos)
   try:
-    writer.write(event_pb2.Event(wall_time=time.time(),
-                                 file_version='brain.Event:2').SerializeToString())
     for event in events:
-      writer.write(event.SerializeToString())
+      writer.write(event)
   finally:
     writer.close()
   for old in stale:
-    if old != path:
+    if old != writer.path:
       os.remove(old)
 
 
@@ -227,10 +268,11 @@ def write_hparams(experiment_logdir: str, domains: Sequence[Tuple[str, Sequence[
     domains: (setting, its values) for each swept setting, in the grid's order.
     runs: the table's rows.
   """
-  # pylint: disable=g-import-not-at-top
-  from google.protobuf import struct_pb2
-  from tensorboardX.proto import (api_pb2, event_pb2, plugin_hparams_pb2, summary_pb2,
-                                  tensor_pb2, tensor_shape_pb2, types_pb2)
+  from google.protobuf import struct_pb2  # pylint: disable=g-import-not-at-top
+  protos = _protos()
+  api_pb2, event_pb2, summary_pb2 = protos.api_pb2, protos.event_pb2, protos.summary_pb2
+  plugin_hparams_pb2, tensor_pb2 = protos.plugin_hparams_pb2, protos.tensor_pb2
+  tensor_shape_pb2, types_pb2 = protos.tensor_shape_pb2, protos.types_pb2
   present = {name for run in runs for name in run.metrics}
   metrics = [(name, text) for name, text in HPARAMS_METRICS if name in present]
   unknown = present - {name for name, _ in HPARAMS_METRICS}
@@ -265,7 +307,7 @@ def write_hparams(experiment_logdir: str, domains: Sequence[Tuple[str, Sequence[
                                        display_name=name, description=text)
                     for name, text in metrics])
   _write_hparams_file(experiment_logdir, [event_pb2.Event(
-      wall_time=now, summary=summary(EXPERIMENT_TAG, {'experiment': experiment}))])
+      wall_time=now, summary=summary(EXPERIMENT_TAG, {'experiment': experiment}))], protos)
   for run in runs:
     start = plugin_hparams_pb2.SessionStartInfo(group_name=run.group, start_time_secs=now)
     for name, value in run.hparams.items():
@@ -283,7 +325,7 @@ def write_hparams(experiment_logdir: str, domains: Sequence[Tuple[str, Sequence[
                                                        {'session_start_info': start})),
         event_pb2.Event(wall_time=now, step=run.step, summary=scalars),
         event_pb2.Event(wall_time=now, summary=summary(SESSION_END_TAG,
-                                                       {'session_end_info': end}))])
+                                                       {'session_end_info': end}))], protos)
 
 
 def write_grid_hparams(logdir: str, settings: Sequence[Sequence[Tuple[str, Any]]],

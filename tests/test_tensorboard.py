@@ -243,3 +243,31 @@ def test_writing_the_table_again_replaces_it(tmp_path):
   assert len(glob.glob(str(tmp_path / 'tensorboard' / 'events.out.tfevents.*.hparams'))) == 1
   _, groups = _hparams_table(str(tmp_path))
   assert sorted(len(g.sessions) for g in groups) == [2, 2]
+
+
+def test_without_tensorboardx_the_files_are_written_with_tensorboards_own_protos(tmp_path):
+  """A machine with TensorBoard but without tensorboardX (no package registry to get
+  it) writes the same files."""
+  code = '''import sys
+sys.modules['tensorboardX'] = None  # not installed
+import numpy as np
+from mlp_jax.tensorboard import EpochWriter, HParamsRun, write_hparams
+root = sys.argv[1]
+with EpochWriter([root + '/a/seed_0/tensorboard'], mean_logdir=root + '/mean') as writer:
+  writer.write(1, {'test_loss': np.array([0.5])})
+write_hparams(root + '/tensorboard', [('learning_rate', (0.001,))], [HParamsRun(
+    root + '/a/seed_0/tensorboard', 'learning_rate=0.001', {'learning_rate': 0.001},
+    {'final_test_accuracy': 0.75}, 1)])
+print(sorted(m for m, v in sys.modules.items() if m.startswith('tensorboardX') and v))
+'''
+  result = subprocess.run([sys.executable, '-c', code, str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.strip() == '[]'
+  assert _scalars(str(tmp_path / 'mean')) == {'loss/test': [(1, 0.5)]}
+  experiment, [group] = _hparams_table(str(tmp_path))
+  assert [m.name.tag for m in experiment.metric_infos] == ['hparams/final_test_accuracy']
+  [run] = group.sessions
+  assert run.name == 'a/seed_0/tensorboard'
+  assert _metric_values(run) == {'hparams/final_test_accuracy': 0.75}
+  assert group.hparams['learning_rate'].number_value == 0.001
