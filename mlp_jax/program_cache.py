@@ -148,7 +148,13 @@ class ProgramCache:
       return None
 
   def _write(self, path: str, text: str, program: Program) -> None:
-    entry = {'format': FORMAT, 'key': text, 'exported': bytes(program.exported.serialize()),
+    try:
+      exported = bytes(program.exported.serialize())
+    except ImportError:
+      # jax.export serializes with flatbuffers, which jax does not require: without
+      # it every process traces (a machine that reaches no package registry).
+      return
+    entry = {'format': FORMAT, 'key': text, 'exported': exported,
              'in_tree': program.in_tree, 'out_tree': program.out_tree}
     try:
       os.makedirs(self.directory, exist_ok=True)

@@ -148,3 +148,17 @@ def test_a_longer_run_loads_the_programs_of_a_shorter_one(subset, tmp_path):
   loaded, uncached = run('long', cache_dir), run('uncached', None)
   assert loaded[:2] == (3, 0)
   assert loaded[2:] == uncached[2:]
+
+
+def test_without_flatbuffers_programs_are_traced_and_nothing_is_written(tmp_path, monkeypatch):
+  # jax.export serializes with flatbuffers, which jax does not require.
+  import sys  # pylint: disable=g-import-not-at-top
+  monkeypatch.setitem(sys.modules, 'flatbuffers', None)
+  monkeypatch.delitem(sys.modules, 'jax._src.export.serialization', raising=False)
+  monkeypatch.delitem(sys.modules, 'jax._src.export.serialization_generated', raising=False)
+  cache = ProgramCache(str(tmp_path))
+  traced = trace('affine', _affine, ARGS, cache)
+  assert trace('affine', _affine, ARGS, cache) is not None
+  assert (cache.hits, cache.misses) == (0, 2) and os.listdir(tmp_path) == []
+  inputs = _inputs()
+  assert _bytes(traced(*inputs)) == _bytes(jax.jit(_affine)(*inputs))
