@@ -6,8 +6,8 @@ split (mlp_jax.train), the metrics log of a checkpoint and the records sink keep
 one column per metric (`log_column`), history.csv, TensorBoard, plots, the
 sweep summaries and experiments.compare read the names from here.
 
-Adding a metric is one entry below plus its computation (a new kind in
-`train.split_sums`). Old checkpoints keep restoring: a run records the metrics of
+Adding a metric is one entry below plus its computation (the value of its kind
+among those `train.by_kind` is given, for the training steps and for evaluation). Old checkpoints keep restoring: a run records the metrics of
 the splits it has (`recorded`), in the order of `METRICS`, so a run without a
 validation split keeps the metrics log and history.csv it always had.
 
@@ -65,9 +65,15 @@ class Metric:
     return values / examples if self.kind == ACCURACY else values
 
 
-METRICS: Tuple[Metric, ...] = tuple(
-    Metric(f'{split}_{kind}', split, kind)
-    for split in (TRAIN, TEST, VALIDATION) for kind in (LOSS, ACCURACY))
+# Every metric a run may record, in history.csv's column order.
+METRICS: Tuple[Metric, ...] = (
+    Metric('train_loss', TRAIN, LOSS),
+    Metric('train_accuracy', TRAIN, ACCURACY),
+    Metric('test_loss', TEST, LOSS),
+    Metric('test_accuracy', TEST, ACCURACY),
+    Metric('validation_loss', VALIDATION, LOSS),
+    Metric('validation_accuracy', VALIDATION, ACCURACY),
+)
 BY_NAME = {m.name: m for m in METRICS}
 # The splits every run has; VALIDATION only with --validation_size.
 DEFAULT_SPLITS = (TRAIN, TEST)
