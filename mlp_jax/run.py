@@ -320,7 +320,7 @@ def train(config: TrainConfig, seeds: Sequence[int], layout: Layout, options: Ru
     complete = set() if options.overwrite else {
         m.run_dir for m in members if records.is_complete(m.run_dir)}
     if not options.overwrite:
-      say_what_is_rebuilt([m.run_dir for m in members if m.run_dir not in complete])
+      say_what_is_rebuilt([m.run_dir for m in members if m.run_dir not in complete], layout)
     due = [any(m.run_dir not in complete for m in group) for group in groups]
     programs = ProgramCache(options.program_cache_dir) if options.program_cache_dir else None
     contexts = create_contexts(groups, due, width, dataset, programs)
@@ -378,12 +378,19 @@ def train(config: TrainConfig, seeds: Sequence[int], layout: Layout, options: Ru
     return finish(points, members, layout, options, timing, started, dataset, stop)
 
 
-def say_what_is_rebuilt(run_dirs: Sequence[str]) -> None:
+def say_what_is_rebuilt(run_dirs: Sequence[str], layout: Layout) -> None:
   """Names each finished run (its parameters written) whose history.csv is lost or
-  damaged: it is finished again from its checkpoint, which rewrites the history
-  from the checkpoint's metrics log (or retrained: the same bits)."""
+  damaged: it is finished again from its checkpoint, whose metrics log rewrites the
+  history. Without any checkpoint that would be training it all over: refused in
+  one line naming the cause (--overwrite retrains it, to the same bits)."""
+  checkpoints = os.path.join(layout.workdir, records.CHECKPOINT_DIR)
+  saved = os.path.isdir(checkpoints) and bool(os.listdir(checkpoints))
   for run_dir in run_dirs:
     if records.params_written(run_dir):
+      if not saved:
+        raise WorkdirError(f'{records.missing_history(run_dir)}, though the run has its '
+                           'parameters; no checkpoint holds its metrics to rebuild it: use '
+                           '--overwrite to train it again (the same bits)')
       print(f'mlp_jax: {records.missing_history(run_dir)}, though the run has its '
             'parameters; rebuilding its records from its checkpoint', flush=True)
 
