@@ -92,6 +92,30 @@ SWEEP_ENTRIES = (SWEEP_FILE, ENVIRONMENT_FILE, SUMMARY_FILE, FINAL_FILE, POINTS_
                  VARIANCE_FILE, CURVES_FILE, TENSORBOARD_DIR, TIMING_FILE, CHECKPOINT_DIR)
 
 
+# What one run directory's records take, for planning a sweep (measured on the default
+# MLP; rounded up): the small files, a history row, a TensorBoard epoch, curves.png.
+SMALL_RECORDS_BYTES = (1024, 1024, 3072)  # the marker, config.json, environment.json
+HISTORY_ROW_BYTES = 120
+TENSORBOARD_EPOCH_BYTES = 300
+CURVES_BYTES = 40_000
+# A chunk checkpoint holds per seed about this many times its parameters (the
+# optimizer's state and the metrics log beside them: 2.7x measured with Adam).
+CHECKPOINT_PARAMS_FACTOR = 3
+
+
+def footprint(params_bytes: int, epochs: int, block: int, curves: bool, tensorboard: bool
+              ) -> Tuple[int, int]:
+  """(bytes on disk, files) of one finished run directory of a sweep, each file
+  rounded up to whole blocks of the filesystem's `block` bytes."""
+  whole = lambda n: -(-n // block) * block
+  sizes = [*SMALL_RECORDS_BYTES, HISTORY_ROW_BYTES * (epochs + 1), params_bytes]
+  if curves:
+    sizes.append(CURVES_BYTES)
+  if tensorboard:
+    sizes += [TENSORBOARD_EPOCH_BYTES * epochs, 0]  # the events file and its folder
+  return block + sum(map(whole, sizes)), 1 + len(sizes)  # the folder itself too
+
+
 def seed_dir(sweep_dir: str, seed: int) -> str:
   return os.path.join(sweep_dir, SEED_DIR.format(seed))
 

@@ -15,7 +15,7 @@ import datetime
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import jax
 import numpy as np
@@ -34,8 +34,9 @@ from mlp_jax.progress import Progress
 from mlp_jax.sink import render_curves
 from mlp_jax.tensorboard import member_runs, write_grid_hparams
 from mlp_jax.errors import Interrupted
-from mlp_jax.workdir import (RUN, SWEEP, StopRequests, WorkdirError, claim, is_ours, lock,
-                             refuse_other_settings, remove_entries, write_marker)
+from mlp_jax.workdir import (RUN, SWEEP, StopRequests, WorkdirError, claim, free_space,
+                             is_ours, lock, refuse_other_settings, remove_entries, size_text,
+                             write_marker)
 
 def default_workdir(name: str) -> str:
   """A new folder runs/<date>-<time>-<name>."""
@@ -338,7 +339,11 @@ def train(config: TrainConfig, seeds: Sequence[int], layout: Layout, options: Ru
     env = environment.describe(dataset)
     first = jax.process_index() == 0
     if layout.sweep:
-      # Every seed's folder checked before the sweep's own records change (--overwrite).
+      plan_sweep(layout, members, complete, options, dataset.num_classes, len(seeds))
+      # The sweep's settings, then every seed's folder, checked before the sweep's own
+      # records change (--overwrite).
+      prepare_sweep_dir(layout, sweep_settings(members[0].config, seeds, grid), members, env,
+                        options.overwrite, write=False)
       prepare_run_dirs(members, env, options.overwrite, write=False)
       prepare_sweep_dir(layout, sweep_settings(members[0].config, seeds, grid), members, env,
                         options.overwrite, write=first)
@@ -393,6 +398,41 @@ def say_what_is_rebuilt(run_dirs: Sequence[str], layout: Layout) -> None:
                            '--overwrite to train it again (the same bits)')
       print(f'mlp_jax: {records.missing_history(run_dir)}, though the run has its '
             'parameters; rebuilding its records from its checkpoint', flush=True)
+
+
+# A sweep of more new run directories than this says what it will take before it starts.
+PLAN_LINE_MEMBERS = 1000
+
+
+def plan_sweep(layout: Layout, members: Sequence[Member], complete: Set[str],
+               options: RunOptions, num_classes: int, seeds_per_point: int) -> None:
+  """Before a sweep writes anything: what its members' records and checkpoints will
+  take on disk, refused in one line if more than the filesystem has free (bytes or
+  files), and said in one line when it is large (PLAN_LINE_MEMBERS)."""
+  todo = [m for m in members if m.run_dir not in complete]
+  if not todo:
+    return
+  config = todo[0].config
+  shapes = models._param_shapes(config, num_classes)  # pylint: disable=protected-access
+  params_bytes = 4 * sum(int(np.prod(shape)) for shape in shapes.values())
+  free, inodes, block = free_space(layout.workdir)
+  tensorboard = options.tensorboard and member_runs(seeds_per_point, options.tensorboard_members)
+  per_member, files = records.footprint(params_bytes, config.epochs, block, options.seed_curves,
+                                        tensorboard)
+  checkpoints = 0 if options.checkpoint_every == 0 else (
+      records.CHECKPOINT_PARAMS_FACTOR * params_bytes * options.keep_checkpoints)
+  need, need_files = len(todo) * (per_member + checkpoints), len(todo) * files
+  what = (f'{len(todo)} run directories of {size_text(per_member)} and checkpoints of '
+          f'{size_text(checkpoints)} per seed need about {size_text(need)} and {need_files} '
+          'files')
+  if need > free or need_files > inodes:
+    raise WorkdirError(f'--workdir={layout.workdir}: {what}; its filesystem has '
+                       f'{size_text(free)} and {inodes} files free: use fewer seeds, '
+                       '--checkpoint_every=0 or another --workdir')
+  if len(todo) >= PLAN_LINE_MEMBERS:
+    print(f'sweep: plan: {len(todo) * config.epochs} seed-epochs on {jax.device_count()} '
+          f'device(s); '
+          f'{what} ({size_text(free)} free); each epoch line gives its seconds', flush=True)
 
 
 def trained_together(members: int, chunk_size: int, width: int, ctx: Context) -> str:

@@ -25,7 +25,7 @@ import os
 import shutil
 import signal
 import socket
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 from mlp_jax import records
 from mlp_jax.config import TrainConfig
@@ -55,6 +55,7 @@ def lock(workdir: str, process_index: int = 0, flag: str = '--workdir') -> Itera
   """
   name = LOCK_FILE if process_index == 0 else f'{LOCK_FILE}.{process_index}'
   refuse_a_file(workdir, flag)
+  created = not os.path.exists(workdir)
   try:
     os.makedirs(workdir, exist_ok=True)
     fd = os.open(os.path.join(workdir, name), os.O_RDWR | os.O_CREAT, 0o644)
@@ -73,6 +74,14 @@ def lock(workdir: str, process_index: int = 0, flag: str = '--workdir') -> Itera
     except OSError as e:  # a full disk: the lock is held, naming its owner is not
       raise WorkdirError(describe_os_error(workdir, e).replace('--workdir', flag, 1)) from None
     yield
+  except BaseException:
+    if created and not _contents(workdir):  # refused before writing: leave no trace
+      try:
+        os.remove(os.path.join(workdir, name))
+        os.rmdir(workdir)
+      except OSError:
+        pass  # another process's lock file, or a record after all: the folder stays
+    raise
   finally:
     os.close(fd)  # closing releases the lock
 
@@ -217,6 +226,24 @@ def claim(path: str, kind: str, flag: str = '--workdir', write: bool = True,
               f'{os.path.join(path, records.MARKER_FILE)}, written when the '
               f'{kind} started', flush=True)
   return True
+
+
+def free_space(path: str) -> Tuple[int, int, int]:
+  """(free bytes, free inodes, block size) of the filesystem `path` is or will be on
+  (its nearest existing ancestor)."""
+  probe = os.path.abspath(path)
+  while not os.path.exists(probe):
+    probe = os.path.dirname(probe)
+  stats = os.statvfs(probe)
+  return stats.f_bavail * stats.f_frsize, stats.f_favail, stats.f_frsize or 4096
+
+
+def size_text(n: float) -> str:
+  """Bytes as '480 KiB', '12 MiB', '18.9 GiB'."""
+  for unit, size in (('GiB', 2**30), ('MiB', 2**20)):
+    if n >= size:
+      return f'{n / size:.1f} {unit}' if unit == 'GiB' else f'{n / size:.0f} {unit}'
+  return f'{n / 1024:.0f} KiB'
 
 
 # A settings-conflict message names at most this many differences (then "and N more").
