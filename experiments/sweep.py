@@ -10,8 +10,10 @@ into --workdir (see mlp_jax.records for the layout):
     seed_<k>/                      a complete run directory per seed
       (a grid: <flag>=<value>/.../seed_<k>/)
     summary.csv                    per epoch and metric: mean, std, min, max, 95% CI
-    final.csv                      per seed: final and best test accuracy
-    points.csv                     per grid point: ranked, Welch vs the best, ensemble
+    final.csv                      per seed: final and best test accuracy (the best epoch
+                                   chosen on validation with --validation_size)
+    points.csv                     per grid point: ranked (on validation with a split),
+                                   paired and Holm-adjusted tests vs the best, ensemble
     curves.png, tensorboard/       mean and 95% band, each seed faint behind
     timing.json                    start-up, training, evaluation, host work
     variance.csv                   a crossed design's variance components
