@@ -597,7 +597,7 @@ def _sweep_statistics(samples: Mapping[str, List[float]], pairing: Pairing,
   df = stats.welch_df(sample_a, sample_b)
   report['welch'] = {**w._asdict(), 'df': df, 'n_a': len(sample_a), 'n_b': len(sample_b)}
   lines.append(f'  A - B: {w.difference:+.6f}, 95% CI [{w.ci95_low:+.6f}, {w.ci95_high:+.6f}]'
-               f' (Welch, df {df:.1f}); Welch\'s t-test p = {_p(w.p_value)}')
+               f' (Welch, df {df:.1f}); Welch\'s t-test p = {w.p_value:.6g}')
   fa, fb = report['final_test_accuracy']['A'], report['final_test_accuracy']['B']
   lines.append(f'  IQM: A {fa["iqm"]:.6f}, B {fb["iqm"]:.6f}; 95% CI of each mean (t on the '
                f'logit scale, inside [0, 1]): A [{fa["ci95_low"]:.6f}, {fa["ci95_high"]:.6f}], '
