@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Optional, TextIO
+from typing import Optional, TextIO, Tuple
 
 
 def format_seconds(seconds: float) -> str:
@@ -18,11 +18,17 @@ def format_seconds(seconds: float) -> str:
   return f'{hours}h{minutes:02d}m'
 
 
+# Said once, after the second advance, when at least this many seconds are left.
+ESTIMATE_FROM_SECONDS = 60.0
+
+
 class Progress:
   """Prints a line per finished epoch to `out`; on a terminal `bar` also shows a bar.
 
   The bar lives on the last line of the terminal and is redrawn after each epoch
-  line, so the epoch lines stay a clean log.
+  line, so the epoch lines stay a clean log. A long run (a large sweep) also says
+  once, in the log, how long it will take at the pace between its first two
+  advances (after start-up and compilation, which the first one includes).
   """
 
   def __init__(self, total: int, unit: str = 'epochs', out: TextIO = sys.stdout,
@@ -30,6 +36,8 @@ class Progress:
     self._total, self._unit, self._done, self._out = total, unit, 0, out
     self._bar = bar if bar is not None and bar.isatty() else None
     self._start, self._start_done = time.perf_counter(), 0
+    self._first: Optional[Tuple[float, int]] = None  # (time, done) at the first advance
+    self._estimated = False
 
   def line(self, text: str) -> None:
     self._clear_bar()
@@ -40,6 +48,23 @@ class Progress:
     """`units` more done; `text` is their log line."""
     self._done += units
     self.line(text)
+    self._estimate()
+
+  def _estimate(self) -> None:
+    if self._estimated:
+      return
+    now = time.perf_counter()
+    if self._first is None:
+      self._first = (now, self._done)
+      return
+    self._estimated = True
+    since, done = self._first
+    if self._done <= done or now <= since or self._done >= self._total:
+      return
+    left = (self._total - self._done) * (now - since) / (self._done - done)
+    if left >= ESTIMATE_FROM_SECONDS:
+      self.line(f'mlp_jax: about {format_seconds(left)} to go at this pace '
+                f'({self._total - self._done} {self._unit} left)')
 
   def add_done(self, done: int) -> None:
     """More units found done before this process started (a resumed chunk)."""

@@ -360,3 +360,17 @@ def test_a_large_sweep_says_what_it_will_take_first(tmp_path, capsys):
   assert line.startswith(f'sweep: plan: {2 * run.PLAN_LINE_MEMBERS} seed-epochs on 1 device(s); '
                          f'{run.PLAN_LINE_MEMBERS} run directories of ') and ' free)' in line
   assert os.listdir(tmp_path) == []
+
+
+def test_a_long_run_says_how_long_it_will_take(monkeypatch):
+  import io  # pylint: disable=g-import-not-at-top
+  from mlp_jax import progress  # pylint: disable=g-import-not-at-top
+  clock = iter([0.0, 100.0, 110.0, 120.0])  # start, then each advance: 10 s per 4 units
+  monkeypatch.setattr(progress.time, 'perf_counter', lambda: next(clock))
+  out = io.StringIO()
+  bar = progress.Progress(1000, unit='seed-epochs', out=out)
+  for epoch in (1, 2, 3):
+    bar.advance(f'epoch {epoch}', 4)
+  assert out.getvalue().splitlines() == [
+      'epoch 1', 'epoch 2', 'mlp_jax: about 41m20s to go at this pace (992 seed-epochs left)',
+      'epoch 3']
