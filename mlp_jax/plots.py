@@ -128,7 +128,7 @@ def plot_band(curves: Mapping[str, np.ndarray], path: str, title: str) -> None:
         # One collection for all the runs: a Line2D each takes ~20 s at 1,000 runs.
         ax.add_collection(LineCollection([np.column_stack([epochs, run]) for run in values],
                                          colors=color, alpha=0.15, linewidths=0.7))
-      mean, low, high = mean_ci(values)
+      mean, low, high = mean_ci(values, accuracy=ax is acc_ax)  # accuracies: inside [0, 1]
       if ax is loss_ax:
         # A log axis cannot show a band reaching zero or below: cut it at the
         # lowest seed, which the faint lines show anyway.
@@ -165,7 +165,7 @@ def plot_bands(points: Sequence[Tuple[str, Mapping[str, np.ndarray]]], path: str
     color, epochs = colors[i % len(colors)], curves['epoch']
     for ax, metric in ((acc_ax, 'test_accuracy'), (loss_ax, 'test_loss')):
       values = curves[metric]
-      mean, low, high = mean_ci(values)
+      mean, low, high = mean_ci(values, accuracy=ax is acc_ax)  # accuracies: inside [0, 1]
       if ax is loss_ax:
         low = np.maximum(low, values.min(axis=0))  # a log axis cannot show <= 0
       ax.plot(epochs, mean, color=color, linewidth=1.6, marker=_marker(epochs),
