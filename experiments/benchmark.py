@@ -882,11 +882,15 @@ finally:
 DEVICE_PROBE = '''import importlib.metadata, json, platform, jax
 devices = jax.devices()
 info = {'backend': jax.default_backend(), 'device_kind': devices[0].device_kind,
-        'device_count': len(devices),
-        'platform_version': getattr(devices[0].client, 'platform_version', None),
+        'device_count': len(devices), 'platform_version': None,
         'python': platform.python_version(), 'versions': {}}
+try:
+  info['platform_version'] = devices[0].client.platform_version
+except AttributeError:
+  pass
 for name in ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'numpy', 'tensorboardX',
-             'jax-cuda12-plugin', 'jax-cuda13-plugin', 'nvidia-cudnn-cu12', 'nvidia-cudnn-cu13'):
+             'tensorboard', 'flatbuffers', 'jax-cuda12-plugin', 'jax-cuda13-plugin',
+             'nvidia-cudnn-cu12', 'nvidia-cudnn-cu13'):
   try:
     info['versions'][name] = importlib.metadata.version(name)
   except importlib.metadata.PackageNotFoundError:
@@ -900,6 +904,12 @@ except Exception:  # pylint: disable=broad-except
   info['cuda'] = None
 stats = devices[0].memory_stats() or {}
 info['memory_bytes'] = stats.get('bytes_limit')
+try:
+  import flatbuffers  # jax.export's serializer: the program cache needs it
+  info['program_cache'] = True
+except ImportError:
+  info['program_cache'] = False
+  info['versions'].pop('flatbuffers', None)  # installed metadata, not importable
 print('probe: ' + json.dumps(info))
 '''
 
@@ -1253,11 +1263,15 @@ def accelerator_table(results: Dict[str, Any]) -> str:
   smi = d.get('nvidia_smi') or {}
   cuda = d.get('cuda') or {}
   versions = ', '.join(f'{k} {v}' for k, v in sorted(d['versions'].items()))
+  # Without flatbuffers jax.export cannot serialize: every process traces its programs.
+  cache_note = ([] if d.get('program_cache', True) else
+                ['', 'flatbuffers is not installed: the program cache is off (every process '
+                 'traces), so the warm sweep only skips XLA\'s compilation.'])
   lines = [f'Device: {d["device_kind"]} x {d["device_count"]} ({d["backend"]}); '
            f'driver {smi.get("driver_version", "n/a")}; CUDA runtime '
            f'{cuda.get("runtime", "n/a")}, driver API {cuda.get("driver", "n/a")}, cuDNN '
            f'{cuda.get("cudnn", "n/a")}; host CPU {d.get("cpu")} ({d.get("cpu_id")}; '
-           f'{d.get("cpu_count")} cores); Python {d["python"]}; {versions}.', '',
+           f'{d.get("cpu_count")} cores); Python {d["python"]}; {versions}.', *cache_note, '',
            '| part | figure | value |', '|---|---|---|']
   row = lambda part, figure, value: lines.append(f'| {part} | {figure} | {value} |')
   for name in ('cold', 'warm'):
