@@ -233,13 +233,23 @@ def _describe(code: int) -> str:
 
 
 def _copy_lines(source, sink, prefix: bytes, lock: threading.Lock) -> None:
-  """Copies `source` to `sink` line by line, each line prefixed (the last one ended)."""
+  """Copies `source` to `sink` line by line, each line prefixed (the last one ended).
+
+  A `sink` that fails (a closed pipe, a full device) is given up, but `source` is
+  still read to its end: a process whose output nobody reads would block on its
+  next line once the pipe between them is full, and stop training."""
+  failed = False
   for line in iter(source.readline, b''):
+    if failed:
+      continue
     if not line.endswith(b'\n'):
       line += b'\n'
     with lock:
-      sink.write(prefix + line)
-      sink.flush()
+      try:
+        sink.write(prefix + line)
+        sink.flush()
+      except (OSError, ValueError):
+        failed = True
   source.close()
 
 

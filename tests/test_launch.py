@@ -563,3 +563,31 @@ def test_jax_detects_the_cluster_and_the_processes_join(cluster, cache_dir):
     for proc in procs:
       proc.kill()
   assert [out for out, _ in outputs] == ['2 0 2\n', '2 1 2\n'], outputs
+
+
+def test_a_process_whose_output_nobody_reads_is_not_blocked():
+  """The launcher's own stdout fails (`| head -1`): each process's output is still read
+  to its end, so no process blocks on a full pipe."""
+
+  class Closed:
+    def write(self, data):
+      raise BrokenPipeError(32, 'Broken pipe')
+
+    def flush(self):
+      pass
+
+  read_end, write_end = os.pipe()
+  copier = threading.Thread(target=launcher._copy_lines, daemon=True, args=(
+      os.fdopen(read_end, 'rb'), Closed(), b'[p0] ', threading.Lock()))
+  copier.start()
+
+  def write_lines():
+    with os.fdopen(write_end, 'wb') as pipe:
+      for _ in range(5000):  # 500 KB, several times what a pipe holds
+        pipe.write(b'x' * 99 + b'\n')
+
+  writer = threading.Thread(target=write_lines, daemon=True)
+  writer.start()
+  writer.join(30)
+  assert not writer.is_alive(), 'the process would be blocked writing its output'
+  copier.join(30)
