@@ -102,7 +102,10 @@ def stops_on_lost_peer(fn):
 
 
 def _say(message: str) -> None:
-  print(f'{PROG}: {message}', file=sys.stderr, flush=True)
+  try:
+    print(f'{PROG}: {message}', file=sys.stderr, flush=True)
+  except (OSError, ValueError):
+    pass  # a closed or failing stderr: the processes go on, their records are the product
 
 
 def parse_args(argv: Sequence[str]):
