@@ -299,7 +299,6 @@ if os.environ.get('PROCESS_ID') == '1':
   assert run.seconds < 40
 
 
-@pytest.mark.slow
 def test_a_process_lost_in_training_is_one_line_and_the_survivor_stops_at_once(tmp_path,
                                                                               cache_dir):
   """Process 1 dies at its first epoch; process 0 meets the loss in its next collective:
