@@ -316,6 +316,9 @@ def train(config: TrainConfig, seeds: Sequence[int], layout: Layout, options: Ru
     members = [layout.member(p.config.replace(seed=s), p) for p in points for s in seeds]
     groups = program_groups(members, lambda m: program_config(m.config))
     width, to_fit = resolve_vmap_width(max(map(len, groups)), layout, options)
+    if layout.sweep:  # a seed's lost config.json restored first: is_complete reads it
+      for member in members:
+        claim(member.run_dir, RUN, flag='', write=jax.process_index() == 0)
     # Read once (is_complete reads each params file back); --overwrite starts every
     # member over (prepare_run_dirs deletes their records).
     complete = set() if options.overwrite else {

@@ -374,3 +374,14 @@ def test_a_long_run_says_how_long_it_will_take(monkeypatch):
   assert out.getvalue().splitlines() == [
       'epoch 1', 'epoch 2', 'mlp_jax: about 41m20s to go at this pace (992 seed-epochs left)',
       'epoch 3']
+
+
+def test_a_seeds_lost_config_is_restored_from_its_marker(tiny, tmp_path, capsys):
+  path = tmp_path / 'sweep'
+  _train(tiny, path, [0, 1], sweep=True, config=CONFIG.replace(epochs=1))
+  original = read(path / 'seed_1' / records.CONFIG_FILE)
+  os.remove(path / 'seed_1' / records.CONFIG_FILE)
+  capsys.readouterr()
+  assert not _train(tiny, path, [0, 1], sweep=True, config=CONFIG.replace(epochs=1)).trained
+  assert 'seed_1/config.json was missing; restored from' in capsys.readouterr().out
+  assert read(path / 'seed_1' / records.CONFIG_FILE) == original
