@@ -213,8 +213,9 @@ def claim(path: str, kind: str, flag: str = '--workdir', write: bool = True,
     if write:
       write_marker(path, kind, records.read_json_object(settings_path))
     return True
-  if marker.get('kind') != kind:
-    return True  # the caller names the other layout
+  if marker.get('kind') != kind:  # said here too: its settings file may be the lost one
+    held, needs = ('a sweep', 'a single run') if kind == RUN else ('a single run', 'a sweep')
+    raise WorkdirError(f'{where} holds {held}; {needs} needs its own workdir')
   if not os.path.exists(settings_path):
     settings = marker.get('settings')
     if not isinstance(settings, dict):

@@ -385,3 +385,14 @@ def test_a_seeds_lost_config_is_restored_from_its_marker(tiny, tmp_path, capsys)
   assert not _train(tiny, path, [0, 1], sweep=True, config=CONFIG.replace(epochs=1)).trained
   assert 'seed_1/config.json was missing; restored from' in capsys.readouterr().out
   assert read(path / 'seed_1' / records.CONFIG_FILE) == original
+
+
+def test_a_run_whose_config_is_lost_is_not_taken_for_a_sweeps_folder(tiny, finished, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  path = tmp_path / 'run'
+  shutil.copytree(finished, path)
+  os.remove(path / records.CONFIG_FILE)
+  with pytest.raises(WorkdirError) as error:
+    _train(tiny, path, [0, 1], sweep=True, config=CONFIG.replace(epochs=1))
+  assert _one_line(error) == f'--workdir={path} holds a single run; a sweep needs its own workdir'
+  assert not os.path.exists(path / records.SWEEP_FILE)
