@@ -180,16 +180,15 @@ def is_ours(path: str, kind: str) -> bool:
   return marker.get('kind') == kind if marker else _written_before_markers(path, kind)
 
 
-def claim(path: str, kind: str, flag: str = '--workdir', write: bool = True,
-          quiet: bool = False) -> bool:
+def claim(path: str, kind: str, flag: str = '--workdir', write: bool = True) -> bool:
   """Checks that mlp_jax may write a `kind` (RUN or SWEEP) into the folder `path`
   (named by `flag`, '' for a folder within a workdir); True if it holds one
   already, False if it is new or empty.
 
   Ours: a folder with mlp_jax's marker of this kind, or one written by an earlier
   version (its settings in mlp_jax's form; the marker is then added if `write`).
-  A lost settings file is restored from the marker (if `write`; saying so unless
-  `quiet`), never made from today's flags.
+  A lost settings file is restored from the marker (if `write`, saying so), never
+  made from today's flags.
 
   Raises:
     WorkdirError: `path` is a file, holds files mlp_jax did not write, holds the
@@ -224,10 +223,9 @@ def claim(path: str, kind: str, flag: str = '--workdir', write: bool = True,
                          '--overwrite to start over, or choose another directory')
     if write:
       records.write_json(settings_path, settings)
-      if not quiet:
-        print(f'mlp_jax: {settings_path} was missing; restored from '
-              f'{os.path.join(path, records.MARKER_FILE)}, written when the '
-              f'{kind} started', flush=True)
+      print(f'mlp_jax: {settings_path} was missing; restored from '
+            f'{os.path.join(path, records.MARKER_FILE)}, written when the {kind} started',
+            flush=True)
   return True
 
 
