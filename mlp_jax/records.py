@@ -2,11 +2,13 @@
 
 A run directory (`python -m mlp_jax.main`, or `seed_<k>/` of a sweep):
 
+    .mlp_jax.json     the marker, written first: mlp_jax made this folder, for these
+                      settings (mlp_jax.workdir.claim)
     config.json       every resolved setting (TrainConfig)
     environment.json  where it ran (see mlp_jax.environment)
     history.csv       one row per finished epoch
-    params.msgpack    the trained parameters (flax msgpack); written last: its
-                      presence marks the run complete
+    params.msgpack    the trained parameters (flax msgpack); written last: it
+                      and a history.csv of every epoch mark the run complete
     curves.png        accuracy and loss per epoch (a single run; a sweep's seeds
                       on request)
     tensorboard/      TensorBoard event files (unless turned off)
@@ -16,6 +18,7 @@ A run directory (`python -m mlp_jax.main`, or `seed_<k>/` of a sweep):
 
 A sweep directory (`python -m experiments.sweep`):
 
+    .mlp_jax.json                  the marker, as above
     sweep.json, environment.json   the sweep's settings (and grid) and where it ran
     seed_<k>/                      a run directory per seed; in a grid, per point:
     <flag>=<value>/.../seed_<k>/   (mlp_jax.grid)
