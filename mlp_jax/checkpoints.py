@@ -44,13 +44,13 @@ from mlp_jax.workdir import WorkdirError
 
 # Auto policy: at least this many times a save's cost between two saves (2%).
 COST_FACTOR = 50
-# Until a save here has been timed, its cost is guessed from its size at this rate
-# (below the 175 MB/s of the H100 host in issue #12: 1.29 GB saved in 7.35 s)...
+# Until a save here has been timed, its cost is guessed from its size at this rate, a
+# little below a measured one (docs/performance.md), so that it errs on saving less...
 ASSUMED_BYTES_PER_SECOND = 150e6
 # ... plus, in a process that has not imported orbax yet, what the first save costs
-# before writing anything: importing orbax and opening the manager (0.35-0.4 s on 2
-# cores of an AMD EPYC, Zen 3). A laptop run's first save then comes after ~25 s of
-# training rather than after its first epoch, which it would delay by that much.
+# before writing anything: importing orbax and opening the manager. A short run's
+# first save then comes after some seconds of training, not after its first epoch,
+# which it would delay by that much.
 ASSUMED_OPEN_SECONDS = 0.5
 
 
@@ -226,8 +226,7 @@ class ChunkCheckpoints:
 
   def _opened(self):
     """orbax's manager of the directory, made (and the directory created) on first use:
-    a new run imports orbax (~0.35 s on 2 cores of an AMD EPYC) at its first save,
-    not before its first epoch."""
+    a new run imports orbax at its first save, not before its first epoch."""
     if self._manager is None:
       ocp = _orbax()
       with _os_errors():

@@ -75,14 +75,11 @@ def settle_garbage_collector() -> None:
   before them.
 
   Importing jax, flax, optax (and later orbax) creates hundreds of thousands of
-  objects, none of them garbage; with the collector on, it scans them again and
-  again while they are created and later: in `python -m mlp_jax.main --epochs=3`
-  on 2 cores of an AMD EPYC (Zen 3, shared with other processes, load 7-9) its
-  collections took 2.3-3.4 s (4 full ones 1.4-2.5 s), with this none at all and
-  the same peak memory. So: no collection while importing, then every object so
-  far exempt from all later collections (gc.freeze), and collections of young
-  objects every GC_THRESHOLD allocations instead of every 700 (a run makes little
-  cyclic garbage: tracing once, a few objects an epoch).
+  objects, none of them garbage, which the collector would scan again and again for
+  seconds (docs/performance.md). So: no collection while importing, then every
+  object so far exempt from all later collections (gc.freeze), and collections of
+  young objects every GC_THRESHOLD allocations instead of every 700 (a run makes
+  little cyclic garbage: tracing once, a few objects an epoch).
   """
   gc.freeze()
   _, second, third = gc.get_threshold()
@@ -256,9 +253,7 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
   try:
     app.run(guarded, flags_parser=parse_flags)
   finally:
-    # The interpreter's shutdown collects garbage over every object of the process;
-    # with jax and its libraries loaded that took 1.2-3.6 s after the last line
-    # (2 cores of an AMD EPYC, load 7-9; 0.3-0.6 s with this). Every record is
-    # written and closed by now and the process is about to end: exempt every
-    # object from those collections. atexit handlers and thread joins still run.
+    # The interpreter's shutdown collects garbage over every object of the process,
+    # seconds with jax loaded (docs/performance.md). Every record is written and
+    # closed by now: exempt every object. atexit handlers and thread joins still run.
     gc.freeze()

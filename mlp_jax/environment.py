@@ -81,19 +81,17 @@ def prepare_process(deterministic: bool, compilation_cache_dir: Optional[str]) -
 
 
 # XLA:CPU vectorises with 256-bit registers unless told otherwise, even on CPUs with
-# 512-bit units; 512 makes the seed config's epoch about 7% faster (README, Performance).
+# 512-bit units; 512 makes the seed config's epoch faster there (docs/performance.md).
 # Without CSE: a program over several devices goes through the SPMD partitioner, whose
 # clean-up merges common subexpressions before the first algebraic simplification,
-# which a one-device program does not; at vmap width > 1 that changed how Adam's
-# per-seed bias correction was rewritten (m * (1/bc) on one device, m / (bc * ...) on
-# several, 1 ulp apart), so a seed's bits depended on the device count. Without the
-# pass both compile the same graph; width-1 bits are unchanged (README, Reproducibility).
+# which a one-device program does not; at vmap width > 1 that rewrote Adam's per-seed
+# bias correction differently (1 ulp apart), so a seed's bits depended on the device
+# count. Without the pass both compile the same graph; width-1 bits are unchanged.
 # Matmuls on Eigen: by default XLA:CPU hands YNNPACK the matmuls whose left operand is
 # not transposed (the forward passes); with YNNPACK's fusions limited to the
-# reductions, every matmul is an Eigen contraction, which made the seed config's epoch
-# 13-16% faster on an AMD EPYC without AVX-512 (paired epochs in one process; README,
-# The laptop run). Eigen splits a contraction by the size of the intra-op pool, which
-# is fixed below, so one core and all cores still compute the same bits.
+# reductions, every matmul is an Eigen contraction, which is faster on CPUs without
+# AVX-512 (docs/performance.md) and splits its work by the size of the intra-op pool,
+# fixed below, so one core and all cores compute the same bits.
 CPU_COMPILER_OPTIONS = {'xla_cpu_prefer_vector_width': 512, 'xla_disable_hlo_passes': 'cse',
                         'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_REDUCE'}
 
@@ -139,15 +137,12 @@ def apply_determinism(deterministic: bool = True) -> str:
 # of them with CPU_COMPILER_OPTIONS; without, the weight gradients x^T g still do), and
 # Eigen blocks a contraction by the size of that pool, so their last bits depend on
 # it. The pool has max($PJRT_NPROC, local CPU devices) threads, and without
-# PJRT_NPROC as many as the process may use cores: on an AMD EPYC without
-# AVX-512 a run pinned to one core, one on two cores and one on 4 CPU devices computed
-# three different sets of parameters (README, Performance). A pool of a fixed size
-# makes them one. 2, not more: with batches of 128 a third or fourth thread buys
-# nothing, and on a 2-core machine a pool of 4 made the seed config's training 21%
-# slower than one of 2 (the same AMD EPYC, 20 epochs, 4 alternated rounds; README,
-# The laptop run). A process with more CPU devices than that (each needs a thread of
-# its own) has a larger pool. On the AVX-512 machine the project was developed on,
-# pools of 1, 2 and 4 computed the same bits.
+# PJRT_NPROC as many as the process may use cores: a run pinned to one core, one on
+# two cores and one on 4 CPU devices could compute three different sets of
+# parameters. A pool of a fixed size makes them one. 2, not more: with batches of 128
+# a third or fourth thread buys nothing, and on 2 cores a pool of 4 is slower
+# (docs/performance.md). A process with more CPU devices than that (each needs a
+# thread of its own) has a larger pool.
 INTRA_OP_THREADS_ENV = 'PJRT_NPROC'
 INTRA_OP_THREADS = 2
 
@@ -229,7 +224,8 @@ def initialize_distributed() -> None:
                     process_id=int(index))
   try:
     # Set by `import jax` (the same flag JAX's own TPU cluster detection reads).
-    from jax._src.cloud_tpu_init import running_in_cloud_tpu_vm  # pylint: disable=g-import-not-at-top
+    from jax._src.cloud_tpu_init import (  # pylint: disable=g-import-not-at-top
+        running_in_cloud_tpu_vm)
   except ImportError:
     running_in_cloud_tpu_vm = False
 

@@ -2,11 +2,10 @@
 
 JAX's persistent compilation cache skips XLA's compilation, but its key is a
 hash of the lowered program, so every process still traces and lowers each
-program first: ~0.5 s of the seed config's ~2.5 s start-up on a laptop CPU
-(README, The laptop run). `trace(fn, args)` goes through `jax.export` instead:
-the traced and lowered program (StableHLO) is serialized into this cache, and a
-later process with the same key deserializes it and calls it inside `jax.jit`
-without tracing `fn` at all.
+program first, a good part of a warm start-up (docs/performance.md).
+`trace(fn, args)` goes through `jax.export` instead: the traced and lowered
+program (StableHLO) is serialized into this cache, and a later process with the
+same key deserializes it and calls it inside `jax.jit` without tracing `fn` at all.
 
 Every program goes through `jax.export`, cache or no cache, hit or miss, so the
 program XLA compiles is the same in all four cases (and so are the bits).

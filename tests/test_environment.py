@@ -69,7 +69,7 @@ def test_the_programs_are_compiled_with_the_options(monkeypatch, mnist):
 def test_the_training_matmuls_run_on_eigen_not_ynnpack(monkeypatch, mnist):
   """With the options, no YNNPACK fusion of the seed config's epoch or evaluation
   holds a matmul: they are Eigen contractions, whose bits follow the fixed thread
-  pool, not the cores (README, The laptop run). Without the option some do."""
+  pool, not the cores. Without the option some do."""
   from mlp_jax import driver  # pylint: disable=g-import-not-at-top
   from mlp_jax.config import TrainConfig  # pylint: disable=g-import-not-at-top
 
