@@ -37,7 +37,7 @@ def in_background(fn: Callable[..., Result], *args: Any) -> Callable[[], Result]
 
   An entry point reads and verifies its data this way while it imports JAX, Flax
   and optax: decompressing and hashing release the GIL, so on a machine with a
-  second core the data costs no start-up time (~0.25 s for MNIST). The thread is
+  second core the data costs no start-up time (docs/performance.md). The thread is
   a daemon: a usage error found meanwhile exits without waiting for it.
   """
   outcome = {}
