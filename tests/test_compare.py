@@ -104,7 +104,7 @@ def verdict(result):
 
 def test_reading_records_loads_neither_jax_nor_flax():
   """compare reads through mlp_jax.records, which must stay light (no jax, no flax)."""
-  code = ('import sys; import experiments.compare; '
+  code = ('import sys; import mlp_jax.compare; '
           'print(sorted(m for m in ("jax", "flax", "orbax") if m in sys.modules))')
   result = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
@@ -112,7 +112,7 @@ def test_reading_records_loads_neither_jax_nor_flax():
 
 
 def test_helpers():
-  from experiments import compare as tool  # pylint: disable=g-import-not-at-top
+  from mlp_jax import compare as tool  # pylint: disable=g-import-not-at-top
   assert tool.ranges([8, 0, 1, 2, 5, 7]) == '0-2, 5, 7-8' and tool.ranges([]) == 'none'
   assert tool.flatten({'a': {'b': 1, 'c': {}}, 'd': [1]}) == {'a.b': 1, 'a.c': {}, 'd': [1]}
   assert tool.differences({'x': 1, 'y': {'z': True}, 'skip': 1},

@@ -189,7 +189,7 @@ def test_a_grid_resumes_where_it_stopped(grid_sweep, subset, tmp_path, monkeypat
 
 
 def test_compare_points_from_a_grid_to_its_members(grid_sweep):
-  from experiments import compare  # pylint: disable=g-import-not-at-top
+  from mlp_jax import compare  # pylint: disable=g-import-not-at-top
   with pytest.raises(UsageError, match=r'a grid sweep \(its points are compared in its '
                      r'points.csv\); .* e.g. .*learning_rate=0.001/hidden_sizes=32/seed_0'):
     compare.load_side(grid_sweep)

@@ -10,8 +10,8 @@ import pytest
 
 from conftest import REPO
 
-ENTRY_POINTS = ('mlp_jax.main', 'experiments.sweep', 'experiments.compare',
-                'experiments.benchmark')
+ENTRY_POINTS = ('mlp_jax.main', 'mlp_jax.sweep', 'mlp_jax.compare', 'experiments.sweep',
+                'experiments.compare', 'experiments.benchmark')
 
 # Runs the module as `python -m MODULE --helpshort` does, in a fresh interpreter, and
 # prints what --helpshort printed and every flag the module defined (not absl's own),

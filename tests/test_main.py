@@ -205,7 +205,7 @@ def test_the_entry_points_load_the_data_while_they_import_jax():
   (cli.in_background then loads the data meanwhile)."""
   import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
   from conftest import REPO  # pylint: disable=g-import-not-at-top
-  for module in ('mlp_jax.main', 'experiments.sweep'):
+  for module in ('mlp_jax.main', 'mlp_jax.sweep', 'experiments.sweep'):
     imported = subprocess.run(
         [sys.executable, '-c', f'import sys, {module}; print("jax" in sys.modules)'],
         cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
@@ -217,7 +217,7 @@ def test_the_entry_points_import_with_the_garbage_collector_off():
   cli.start_training settles it (one preamble: the sweep had drifted from it)."""
   import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
   from conftest import REPO  # pylint: disable=g-import-not-at-top
-  for module in ('mlp_jax.main', 'experiments.sweep'):
+  for module in ('mlp_jax.main', 'mlp_jax.sweep', 'experiments.sweep'):
     enabled = subprocess.run(
         [sys.executable, '-c', f'import gc, {module}; print(gc.isenabled())'],
         cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
@@ -259,3 +259,18 @@ def test_only_the_bundled_mnist_loads_during_the_imports(mnist):
   tfds_imported = 'tensorflow_datasets' in sys.modules
   assert cli.load_data_meanwhile(TrainConfig(dataset='fashion_mnist'))() is None
   assert ('tensorflow_datasets' in sys.modules) == tfds_imported
+
+
+def test_only_mlp_jax_is_installed_and_its_commands_run_from_anywhere(tmp_path):
+  """pip install puts one package, mlp_jax, into site-packages (no generic top-level
+  `experiments` to collide with another project's), and the sweep and compare commands
+  run from any directory as python -m mlp_jax.sweep / mlp_jax.compare."""
+  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  found = subprocess.run(
+      [sys.executable, '-c', 'import importlib.util as u; print(u.find_spec("experiments"))'],
+      cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
+  assert found == 'None'
+  for module, flag in (('mlp_jax.sweep', '--seeds'), ('mlp_jax.compare', '--require_identical')):
+    result = subprocess.run([sys.executable, '-m', module, '--helpshort'], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert flag in result.stdout, (module, result.stderr)  # absl's help exits 1

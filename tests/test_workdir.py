@@ -266,7 +266,7 @@ def test_identity_is_never_claimed_against_an_incomplete_run(tmp_path):
 
 
 def test_a_bad_output_is_one_line_before_anything_is_done(tmp_path):
-  from experiments.compare import output_path  # pylint: disable=g-import-not-at-top
+  from mlp_jax.compare import output_path  # pylint: disable=g-import-not-at-top
   from test_compare import compare, write_run  # pylint: disable=g-import-not-at-top
   for output, expected in (('picture', "got 'no extension'"),
                            (str(tmp_path / 'missing') + os.sep, 'no such directory'),
