@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import signal
 import time
 from typing import (Any, Callable, Dict, FrozenSet, Iterator, List, NamedTuple, Optional,
@@ -34,7 +33,7 @@ from mlp_jax.checkpoints import (ChunkCheckpoints, NoCheckpoints, RowKey, SavePo
 from mlp_jax.config import RunOptions, TrainConfig
 from mlp_jax.data import Dataset
 from mlp_jax.errors import Interrupted, UsageError
-from mlp_jax.launch import stops_on_lost_peer
+from mlp_jax.launch import lost_peer_exits, stops_on_lost_peer
 from mlp_jax.mesh import SeedMesh
 from mlp_jax.program_cache import Program, ProgramCache, trace
 from mlp_jax.progress import Progress
@@ -45,8 +44,6 @@ from mlp_jax.train import (Hyperparameters, RunState, hyperparameters, make_trai
                            program_cache_config)
 from mlp_jax.workdir import StopRequests, WorkdirError, describe_os_error
 
-# Share of a device's memory a chunk may plan to use (XLA needs some for itself).
-MEMORY_SHARE = 0.8
 # The losses whose non-finite value marks a diverged seed (those every run has).
 DIVERGENCE_LOSSES = tuple(m.log_column for m in metric_spec.recorded()
                           if m.kind == metric_spec.LOSS)
@@ -281,31 +278,6 @@ class ChunkPrograms:
                                  for name in values[0]})
 
 
-def device_memory_bytes() -> Optional[int]:
-  """What JAX may allocate on this process's first device (None on a CPU)."""
-  stats = jax.local_devices()[0].memory_stats()
-  return int(stats['bytes_limit']) if stats and 'bytes_limit' in stats else None
-
-
-def seeds_that_fit(bytes_per_seed: float, fixed_bytes: float, limit: int) -> int:
-  """How many seeds one device holds within MEMORY_SHARE of `limit` bytes."""
-  return max(0, math.floor((MEMORY_SHARE * limit - fixed_bytes) / max(bytes_per_seed, 1.0)))
-
-
-def check_chunk_fits(seeds_per_device: int, bytes_per_seed: float, fixed_bytes: float,
-                     limit: Optional[int]) -> None:
-  """UsageError naming --chunk_size if a chunk of that many seeds per device would not fit."""
-  if limit is None:
-    return
-  fit = seeds_that_fit(bytes_per_seed, fixed_bytes, limit)
-  if seeds_per_device > fit:
-    raise UsageError(
-        f'--chunk_size: {seeds_per_device} seeds per device need about '
-        f'{(seeds_per_device * bytes_per_seed + fixed_bytes) / 2**30:.1f} GiB, more than '
-        f'{MEMORY_SHARE:.0%} of the device\'s {limit / 2**30:.1f} GiB; at most {fit} fit: '
-        'use a smaller --chunk_size')
-
-
 def plan_chunks(members: Sequence[Member], chunk_size: int, unit: int,
                 checkpoint_dir: Callable[[Sequence[RowKey]], str]) -> List[Chunk]:
   """Splits `members` into chunks of at most `chunk_size` seeds (rounded up to a
@@ -373,25 +345,6 @@ class Context:
                                          f'{dataset.num_classes} classes', program_cache),
                examples)
 
-  @stops_on_lost_peer
-  def run_epoch(self, size: int, states: RunState, hparams: Hyperparameters
-                ) -> Tuple[RunState, Dict[str, np.ndarray], float, float]:
-    """One epoch of a chunk: (states, this process's rows' metrics, train s, eval s).
-
-    Metrics (the metrics log's columns but the timing ones) leave the device in one
-    transfer.
-    """
-    _, train_epoch, evaluate = self.programs.get(size)
-    tick = time.perf_counter()
-    states, train_metrics = train_epoch(states, hparams, self.data.train_images,
-                                        self.data.train_labels)
-    jax.block_until_ready(train_metrics)
-    train_seconds = time.perf_counter() - tick
-    tick = time.perf_counter()
-    eval_metrics = evaluate(states, *self.data.evaluated)
-    metrics = self.mesh.local_rows_of({**train_metrics, **eval_metrics})
-    return states, metrics, train_seconds, time.perf_counter() - tick
-
 
 @stops_on_lost_peer
 def agree(*flags: bool) -> Tuple[bool, ...]:
@@ -425,18 +378,33 @@ def sync_processes(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def train_members(members: Sequence[Member], todo: Sequence[Member], ctx: Context,
-                  options: RunOptions, checkpoint_dir: Callable[[Sequence[RowKey]], str],
-                  reporter: Reporter, progress: Progress, timing: DriverTiming,
-                  started: float, saved_dirs: Sequence[str] = ()) -> None:
-  """Trains `todo`, the members of `members` whose records are not complete, to
-  their last epoch, chunk by chunk.
+def chunks_to_train(members: Sequence[Member], todo: Sequence[Member], ctx: Context,
+                    options: RunOptions, checkpoint_dir: Callable[[Sequence[RowKey]], str],
+                    saved_dirs: Sequence[str] = ()) -> List[Chunk]:
+  """The chunks that train `todo`, the members of `members` whose records are not
+  complete, to their last epoch (each then trained by train_chunk).
 
   `options`: the run's, its chunk_size resolved (a number; see
-  mlp_jax.run.resolve_chunk_size). `saved_dirs`: existing chunk checkpoint
+  mlp_jax.planning.resolve_chunk_size). `saved_dirs`: existing chunk checkpoint
   directories (a sweep's); an incomplete seed checkpointed in one resumes there,
   with the chunk it was saved in (resumable_chunks); the others are planned in
   chunks of options.chunk_size.
+  """
+  unit = members[0].config.vmap_width * ctx.mesh.size
+  chunks = resumable_chunks(members, todo, saved_dirs, unit) if todo else []
+  resumed = {m.key for c in chunks for m in c.members}
+  return chunks + plan_chunks([m for m in todo if m.key not in resumed], options.chunk_size,
+                              unit, checkpoint_dir)
+
+
+def train_chunk(chunk: Chunk, ctx: Context, options: RunOptions, stop: StopRequests,
+                reporter: Reporter, progress: Progress, timing: DriverTiming,
+                started: float) -> None:
+  """Trains one chunk from its latest checkpoint (or the start) to the last epoch,
+  then writes the final records of this process's seeds.
+
+  Each epoch is one call of the compiled train_epoch and one of evaluate (the
+  chunk's ChunkPrograms); its metrics leave the devices in one transfer.
 
   Raises:
     Interrupted: SIGTERM or SIGINT arrived (to any process); the chunk was
@@ -444,23 +412,6 @@ def train_members(members: Sequence[Member], todo: Sequence[Member], ctx: Contex
     Diverged: a seed diverged and options.stop_on_divergence.
     OSError: a record could not be written; what was written before is intact.
   """
-  epochs = members[0].config.epochs
-  progress.add_done((len(members) - len(todo)) * epochs)
-  unit = members[0].config.vmap_width * ctx.mesh.size
-  chunks = resumable_chunks(members, todo, saved_dirs, unit) if todo else []
-  resumed = {m.key for c in chunks for m in c.members}
-  chunks += plan_chunks([m for m in todo if m.key not in resumed], options.chunk_size,
-                        unit, checkpoint_dir)
-  with StopRequests() as stop:
-    for chunk in chunks:
-      train_chunk(chunk, ctx, options, stop, reporter, progress, timing, started)
-
-
-def train_chunk(chunk: Chunk, ctx: Context, options: RunOptions, stop: StopRequests,
-                reporter: Reporter, progress: Progress, timing: DriverTiming,
-                started: float) -> None:
-  """Trains one chunk from its latest checkpoint (or the start) to the last epoch,
-  then writes the final records of this process's seeds."""
   configs = chunk.row_configs
   epochs = configs[0].epochs
   local = ctx.mesh.local_rows(chunk.size)      # rows on this process's devices
@@ -469,6 +420,7 @@ def train_chunk(chunk: Chunk, ctx: Context, options: RunOptions, stop: StopReque
           if r < len(chunk.members) and chunk.members[r] in todo]
   members = [chunk.members[local[i]] for i in mine]
   diverged: Dict[str, int] = {}                # label -> the first epoch of non-finite loss
+  _, train_epoch, evaluate = ctx.programs.get(chunk.size)
   states = ctx.programs.initial_states(configs)
   hparams = ctx.programs.hyperparameters(configs)
   timing.compile_seconds = ctx.programs.compile_seconds
@@ -497,8 +449,16 @@ def train_chunk(chunk: Chunk, ctx: Context, options: RunOptions, stop: StopReque
     while epoch < epochs:
       if timing.startup_seconds is None:
         timing.startup_seconds = time.perf_counter() - started
-      states, metrics, train_seconds, eval_seconds = ctx.run_epoch(chunk.size, states,
-                                                                   hparams)
+      tick = time.perf_counter()
+      with lost_peer_exits():
+        states, train_metrics = train_epoch(states, hparams, ctx.data.train_images,
+                                            ctx.data.train_labels)
+        jax.block_until_ready(train_metrics)
+        train_seconds = time.perf_counter() - tick
+        tick = time.perf_counter()
+        eval_metrics = evaluate(states, *ctx.data.evaluated)
+        metrics = ctx.mesh.local_rows_of({**train_metrics, **eval_metrics})
+        eval_seconds = time.perf_counter() - tick
       epoch += 1
       timing.train_seconds += train_seconds
       timing.eval_seconds += eval_seconds

@@ -24,6 +24,7 @@ The launcher imports neither jax nor the module: it starts in a fraction of a se
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -34,7 +35,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 from mlp_jax.errors import UsageError
 
@@ -78,26 +79,33 @@ def lost_peer_line(error: BaseException, process_index: int, process_count: int
           'checkpoint')
 
 
+@contextlib.contextmanager
+def lost_peer_exits() -> Iterator[None]:
+  """Around collectives over the processes of a job: when one fails because another
+  process is gone, this process says so in one line (lost_peer_line) and exits at
+  once with LOST_PEER_EXIT_CODE, without the traceback, the wait at JAX's shutdown
+  barrier for the lost process (minutes) or the cleanups that would wait on it too.
+  Its records are whole (every file is written atomically; an unfinished checkpoint
+  is a temporary directory)."""
+  try:
+    yield
+  except Exception as e:  # JAX raises ValueError, JaxRuntimeError, ... for gloo's errors
+    import jax  # pylint: disable=g-import-not-at-top
+    line = lost_peer_line(e, jax.process_index(), jax.process_count())
+    if line is None:
+      raise
+    sys.stdout.flush()
+    print(line, file=sys.stderr, flush=True)
+    os._exit(LOST_PEER_EXIT_CODE)  # pylint: disable=protected-access
+
+
 def stops_on_lost_peer(fn):
-  """Decorates a function that runs collectives over the processes of a job: when one
-  fails because another process is gone, this process says so in one line
-  (lost_peer_line) and exits at once with LOST_PEER_EXIT_CODE, without the
-  traceback, the wait at JAX's shutdown barrier for the lost process (minutes) or
-  the cleanups that would wait on it too. Its records are whole (every file is
-  written atomically; an unfinished checkpoint is a temporary directory)."""
+  """Decorates a function that runs collectives: it runs inside lost_peer_exits."""
 
   @functools.wraps(fn)
   def wrapped(*args, **kwargs):
-    try:
+    with lost_peer_exits():
       return fn(*args, **kwargs)
-    except Exception as e:  # JAX raises ValueError, JaxRuntimeError, ... for gloo's errors
-      import jax  # pylint: disable=g-import-not-at-top
-      line = lost_peer_line(e, jax.process_index(), jax.process_count())
-      if line is None:
-        raise
-      sys.stdout.flush()
-      print(line, file=sys.stderr, flush=True)
-      os._exit(LOST_PEER_EXIT_CODE)  # pylint: disable=protected-access
   return wrapped
 
 

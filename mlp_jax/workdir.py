@@ -203,7 +203,7 @@ def claim(path: str, kind: str, flag: str = '--workdir', write: bool = True) -> 
   marker = read_marker(path)
   if marker is None:
     if _written_before_markers(path, RUN if kind == SWEEP else SWEEP):
-      return True  # the caller names the other layout (run.Layout.refuse_the_other_layout)
+      return True  # the caller names the other layout (layout.Layout.refuse_the_other_layout)
     if not _written_before_markers(path, kind):
       shown = ', '.join(entries[:4]) + (f' and {len(entries) - 4} more' if len(entries) > 4
                                         else '')

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import crash_at_epoch, read, run_on_cpu_devices, without_timing
-from mlp_jax import checkpoints, driver, plots, records, sink
+from mlp_jax import checkpoints, driver, planning, plots, records, sink
 from mlp_jax.config import TrainConfig
 from mlp_jax.errors import UsageError
 from mlp_jax.run import Layout, RunOptions, epoch_line, sweep_line, train
@@ -200,11 +200,11 @@ def test_import_matplotlib_imports_what_a_picture_needs():
 
 
 def test_a_chunk_too_large_for_the_device_is_one_line_naming_chunk_size():
-  assert driver.seeds_that_fit(bytes_per_seed=1e6, fixed_bytes=1e8, limit=10**9) == 700
-  driver.check_chunk_fits(700, 1e6, 1e8, 10**9)
-  driver.check_chunk_fits(10**6, 1e6, 1e8, None)  # a CPU: no device limit
+  assert planning.seeds_that_fit(bytes_per_seed=1e6, fixed_bytes=1e8, limit=10**9) == 700
+  planning.check_chunk_fits(700, 1e6, 1e8, 10**9)
+  planning.check_chunk_fits(10**6, 1e6, 1e8, None)  # a CPU: no device limit
   with pytest.raises(UsageError, match=r'--chunk_size: 701 seeds per device .* at most 700'):
-    driver.check_chunk_fits(701, 1e6, 1e8, 10**9)
+    planning.check_chunk_fits(701, 1e6, 1e8, 10**9)
 
 
 def test_initial_states_derive_each_seeds_keys_as_seed_keys_does(subset):
@@ -232,15 +232,14 @@ def test_the_memory_a_seed_needs_is_measured_from_the_compiled_program(subset):
 def test_an_automatic_width_narrows_to_what_fits_in_device_memory(subset, monkeypatch):
   """On a GPU/TPU --vmap_width=auto starts from every seed at once and narrows to
   what the device holds (a CPU has no limit: simulated here)."""
-  from mlp_jax import run  # pylint: disable=g-import-not-at-top
   config = CONFIG.replace(vmap_width=8)
   ctx = driver.Context.create(config, subset)
   per_seed, fixed = ctx.programs.bytes_per_seed(8)
-  limit = int((fixed + 3.5 * per_seed) / driver.MEMORY_SHARE)  # room for 3 seeds
-  monkeypatch.setattr(run, 'device_memory_bytes', lambda: limit)
-  assert run.fitted_width(ctx, 8) == 3
-  monkeypatch.setattr(run, 'device_memory_bytes', lambda: 100 * limit)
-  assert run.fitted_width(ctx, 8) == 8
+  limit = int((fixed + 3.5 * per_seed) / planning.MEMORY_SHARE)  # room for 3 seeds
+  monkeypatch.setattr(planning, 'device_memory_bytes', lambda: limit)
+  assert planning.fitted_width(ctx, 8) == 3
+  monkeypatch.setattr(planning, 'device_memory_bytes', lambda: 100 * limit)
+  assert planning.fitted_width(ctx, 8) == 8
 
 
 def test_a_single_run_and_a_sweep_never_share_a_workdir(subset, tmp_path):

@@ -410,7 +410,7 @@ def _sigterm_at(monkeypatch, owner, name, call=1):
 
 PHASES = {  # where SIGTERM arrives; where the run stops (after an epoch, or in the final writes)
     'compile': (driver.ChunkPrograms, 'get', 1, 'after epoch 1'),
-    'epoch': (driver.Context, 'run_epoch', 2, 'after epoch 2'),
+    'epoch': (sink.RecordSink, 'write', 2, 'after epoch 2'),
     'save': (checkpoints.ChunkCheckpoints, 'save', 1, 'after epoch 2'),
     'finish': (sink.RecordSink, 'finish', 1, 'during the final writes (none of them written'),
     'curves': (sink, '_render_one', 1, 'during the final writes (some curves.png drawn'),

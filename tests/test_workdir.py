@@ -340,8 +340,8 @@ def test_a_sweep_too_large_for_its_disk_is_refused_before_anything_is_written(
     tiny, tmp_path, monkeypatch):
   """What a sweep's records and checkpoints will take is checked first (here against a
   filesystem with 1 GiB free: 10,000 seeds need about 19 GiB)."""
-  from mlp_jax import run  # pylint: disable=g-import-not-at-top
-  monkeypatch.setattr(run, 'free_space', lambda path: (2**30, 10**9, 4096))
+  from mlp_jax import planning  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(planning, 'free_space', lambda path: (2**30, 10**9, 4096))
   with pytest.raises(WorkdirError) as error:
     _train(tiny, tmp_path / 'sweep', range(10_000), sweep=True)
   assert _one_line(error).startswith(
@@ -350,15 +350,15 @@ def test_a_sweep_too_large_for_its_disk_is_refused_before_anything_is_written(
 
 
 def test_a_large_sweep_says_what_it_will_take_first(tmp_path, capsys):
-  from mlp_jax import run  # pylint: disable=g-import-not-at-top
+  from mlp_jax import planning  # pylint: disable=g-import-not-at-top
   from mlp_jax.driver import Member  # pylint: disable=g-import-not-at-top
   members = [Member(CONFIG.replace(seed=s), records.seed_dir(str(tmp_path), s))
-             for s in range(run.PLAN_LINE_MEMBERS)]
-  run.plan_sweep(Layout(str(tmp_path), sweep=True), members, set(), RunOptions(), 10,
+             for s in range(planning.PLAN_LINE_MEMBERS)]
+  planning.plan_sweep(Layout(str(tmp_path), sweep=True), members, set(), RunOptions(), 10,
                  len(members))
   line = capsys.readouterr().out
-  assert line.startswith(f'sweep: plan: {2 * run.PLAN_LINE_MEMBERS} seed-epochs on 1 device(s); '
-                         f'{run.PLAN_LINE_MEMBERS} run directories of ') and ' free)' in line
+  assert line.startswith(f'sweep: plan: {2 * planning.PLAN_LINE_MEMBERS} seed-epochs on 1 '
+                         f'device(s); {planning.PLAN_LINE_MEMBERS} run directories of ') and ' free)' in line
   assert os.listdir(tmp_path) == []
 
 
