@@ -64,8 +64,8 @@ class Conv3x3(nn.Module):
 
   The same function and initialisation (LeCun normal over 9 * C inputs) as
   nn.Conv(features, (3, 3)); written this way because XLA:CPU runs the
-  convolution's gradients about 15x slower than this matmul (measured: 1.24 s
-  against 0.08 s per batch of 128 for the CNN below).
+  convolution's gradients an order of magnitude slower than this matmul
+  (docs/performance.md).
   """
   features: int
   use_bias: bool = True

@@ -25,7 +25,7 @@ def splits_in(curves: Mapping[str, np.ndarray]) -> Tuple[str, ...]:
 
 
 def import_matplotlib() -> None:
-  """Imports the matplotlib modules every picture needs: ~0.5 s that a thread with
+  """Imports the matplotlib modules every picture needs: time that a thread with
   nothing else to do can take off the end of a run (mlp_jax.sink)."""
   for name in ('matplotlib.figure', 'matplotlib.backends.backend_agg'):
     importlib.import_module(name)
@@ -43,14 +43,14 @@ def axes_pair(title: str):
   fig = Figure(figsize=(11, 4.2))
   FigureCanvasAgg(fig)
   acc_ax, loss_ax = fig.subplots(1, 2)
-  # A fixed layout: tight_layout measures every text and took ~1 s of a run's end.
+  # A fixed layout: tight_layout measures every text, a large part of a picture's time.
   fig.subplots_adjust(left=0.07, right=0.985, bottom=0.12, top=0.84, wspace=0.22)
   fig.suptitle(title)
   acc_ax.set(xlabel='epoch', ylabel='accuracy')
   loss_ax.set(xlabel='epoch', ylabel='loss', yscale='log')
   for ax, name in ((acc_ax, 'Accuracy'), (loss_ax, 'Loss (mean cross-entropy)')):
     # At a fixed height: placed automatically, each draw measures every tick label
-    # to keep the title clear of them (0.2 s of a 0.3 s picture).
+    # to keep the title clear of them (most of a picture's time).
     ax.set_title(name, y=1.0, pad=6)
     ax.grid(True, alpha=0.3)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs: no 1.5
@@ -125,7 +125,7 @@ def plot_band(curves: Mapping[str, np.ndarray], path: str, title: str) -> None:
         ax.plot(np.repeat(epochs, len(values)), values[:, 0], linestyle='none',
                 marker='o', color=color, alpha=0.15)
       else:
-        # One collection for all the runs: a Line2D each takes ~20 s at 1,000 runs.
+        # One collection for all the runs: a Line2D each is slow at a thousand runs.
         ax.add_collection(LineCollection([np.column_stack([epochs, run]) for run in values],
                                          colors=color, alpha=0.15, linewidths=0.7))
       mean, low, high = mean_ci(values, accuracy=ax is acc_ax)  # accuracies: inside [0, 1]

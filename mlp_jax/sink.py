@@ -150,9 +150,8 @@ class RecordSink:
       records.append_history(os.path.join(run_dir, records.HISTORY_FILE), [row])
     if self._with_tensorboard:
       if self._tensorboard is None:
-        # Here rather than in __init__: importing tensorboardX takes ~0.25 s (2 cores
-        # of an AMD EPYC), which this thread spends while the next epoch trains
-        # instead of before the first one.
+        # Here rather than in __init__: this thread spends the import of the event
+        # writer while the next epoch trains instead of before the first one.
         from mlp_jax.tensorboard import EpochWriter  # pylint: disable=g-import-not-at-top
         self._tensorboard = EpochWriter(
             [os.path.join(d, records.TENSORBOARD_DIR) for d in self.run_dirs])

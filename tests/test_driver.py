@@ -115,8 +115,8 @@ def test_auto_checkpoints_follow_their_cost():
 
 
 def test_checkpoints_open_at_their_first_save(tmp_path):
-  """A new chunk needs no orbax before its first save (its import is ~0.35 s of a
-  laptop run's start-up): nothing is created until then, and a chunk that never
+  """A new chunk needs no orbax before its first save (its import is a noticeable part
+  of a laptop run's start-up): nothing is created until then, and a chunk that never
   saves leaves no directory."""
   directory = str(tmp_path / 'chunk')
   state = {'x': jax.numpy.arange(4, dtype=np.float32)}
