@@ -3,14 +3,13 @@
 import os
 import subprocess
 import sys
-import threading
 
 import jax
 import numpy as np
 import pytest
 
 from conftest import crash_at_epoch, read, run_on_cpu_devices, without_timing
-from mlp_jax import checkpoints, driver, planning, plots, records, sink
+from mlp_jax import driver, records
 from mlp_jax.config import TrainConfig
 from mlp_jax.errors import UsageError
 from mlp_jax.run import Layout, RunOptions, epoch_line, sweep_line, train
@@ -105,88 +104,6 @@ def test_interrupted_then_resumed_equals_uninterrupted_and_repairs_history(
         os.path.join(b, records.PARAMS_FILE), 'rb')
 
 
-def test_auto_checkpoints_follow_their_cost():
-  policy = checkpoints.SavePolicy(every=None, save_seconds=0.0)
-  assert policy.wants(1, 10) and not policy.wants(10, 10)  # the last epoch needs none
-  policy.save_seconds = 3600.0
-  assert not policy.wants(5, 10)
-  every_2 = checkpoints.SavePolicy(every=2)
-  assert [e for e in range(1, 8) if every_2.wants(e, 7)] == [2, 4, 6, 7]
-
-
-def test_checkpoints_open_at_their_first_save(tmp_path):
-  """A new chunk needs no orbax before its first save (its import is a noticeable part
-  of a laptop run's start-up): nothing is created until then, and a chunk that never
-  saves leaves no directory."""
-  directory = str(tmp_path / 'chunk')
-  state = {'x': jax.numpy.arange(4, dtype=np.float32)}
-  unsaved = checkpoints.ChunkCheckpoints(directory, [0], 2, checkpoints.SavePolicy(1), 16)
-  assert unsaved.restore_latest(state) == (0, None, [])
-  unsaved.close()
-  assert not os.path.exists(directory)
-  saved = checkpoints.ChunkCheckpoints(directory, [0], 2, checkpoints.SavePolicy(1), 16)
-  saved.save(1, state)
-  saved.close()
-  reopened = checkpoints.ChunkCheckpoints(directory, [0], 2, checkpoints.SavePolicy(1), 16)
-  epoch, restored, notes = reopened.restore_latest(state)
-  reopened.close()
-  assert (epoch, notes) == (1, [])
-  np.testing.assert_array_equal(restored['x'], state['x'])
-
-
-def test_the_sink_makes_its_tensorboard_writer_on_its_thread(tmp_path):
-  """tensorboardX is imported by the records thread at the first write, while the
-  next epoch trains, not before the first epoch."""
-  run_dir = str(tmp_path / 'run')
-  os.makedirs(run_dir)
-  records_sink = sink.RecordSink([run_dir], 100, 10, tensorboard=True)
-  assert not os.path.exists(os.path.join(run_dir, records.TENSORBOARD_DIR))
-  metrics = {name: np.ones(1, np.float32) for name in sink.LOG_COLUMNS}
-  records_sink.write(1, metrics)
-  records_sink.close()
-  assert os.listdir(os.path.join(run_dir, records.TENSORBOARD_DIR))
-
-
-@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='renices threads on Linux only')
-def test_the_records_thread_runs_at_the_lowest_priority(tmp_path):
-  """It yields to training's threads; the thread that made the sink keeps its priority."""
-  records_sink = sink.RecordSink([str(tmp_path)], 100, 10)
-  nice = lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-  assert records_sink._thread.submit(nice).result() == 19  # pylint: disable=protected-access
-  records_sink.close()
-  assert nice() == os.getpriority(os.PRIO_PROCESS, 0) < 19
-
-
-@pytest.mark.parametrize('prepare', [True, False])
-def test_the_sink_imports_matplotlib_after_the_first_epoch_when_asked(tmp_path, monkeypatch,
-                                                                      prepare):
-  """A process that draws curves.png imports matplotlib once, after the first
-  epoch's records (not during start-up, not at the end), on a thread of its own at
-  the lowest priority: the next epochs' rows are written while it runs."""
-  calls, release = [], threading.Event()
-  nice = lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-
-  def slow_import():
-    calls.append((threading.current_thread().name, nice()))
-    assert release.wait(timeout=60)
-  monkeypatch.setattr(plots, 'import_matplotlib', slow_import)
-  records_sink = sink.RecordSink([str(tmp_path)], 100, 10, prepare_curves=prepare)
-  records_sink._thread.submit(lambda: None).result()  # pylint: disable=protected-access
-  assert calls == []
-  metrics = {name: np.ones(1, np.float32) for name in sink.LOG_COLUMNS}
-  for epoch in (1, 2, 3):
-    records_sink.write(epoch, metrics)
-  records_sink._thread.submit(lambda: None).result()  # pylint: disable=protected-access
-  # All three rows are on disk while the import has not returned.
-  assert len(read(tmp_path / records.HISTORY_FILE).splitlines()) == 1 + 3
-  release.set()
-  records_sink.close()
-  assert len(calls) == (1 if prepare else 0)
-  assert all(name.startswith('mlp_jax-curves') for name, _ in calls)
-  if sys.platform.startswith('linux'):
-    assert all(priority == 19 for _, priority in calls)
-
-
 def test_import_matplotlib_imports_what_a_picture_needs():
   """In a fresh interpreter (this one may have imported matplotlib already):
   mlp_jax.plots alone imports none of it; import_matplotlib imports both modules."""
@@ -197,14 +114,6 @@ def test_import_matplotlib_imports_what_a_picture_needs():
   result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                           timeout=120)
   assert result.returncode == 0, result.stderr
-
-
-def test_a_chunk_too_large_for_the_device_is_one_line_naming_chunk_size():
-  assert planning.seeds_that_fit(bytes_per_seed=1e6, fixed_bytes=1e8, limit=10**9) == 700
-  planning.check_chunk_fits(700, 1e6, 1e8, 10**9)
-  planning.check_chunk_fits(10**6, 1e6, 1e8, None)  # a CPU: no device limit
-  with pytest.raises(UsageError, match=r'--chunk_size: 701 seeds per device .* at most 700'):
-    planning.check_chunk_fits(701, 1e6, 1e8, 10**9)
 
 
 def test_initial_states_derive_each_seeds_keys_as_seed_keys_does(subset):
@@ -229,19 +138,6 @@ def test_the_memory_a_seed_needs_is_measured_from_the_compiled_program(subset):
   assert fixed == ctx.data.nbytes
 
 
-def test_an_automatic_width_narrows_to_what_fits_in_device_memory(subset, monkeypatch):
-  """On a GPU/TPU --vmap_width=auto starts from every seed at once and narrows to
-  what the device holds (a CPU has no limit: simulated here)."""
-  config = CONFIG.replace(vmap_width=8)
-  ctx = driver.Context.create(config, subset)
-  per_seed, fixed = ctx.programs.bytes_per_seed(8)
-  limit = int((fixed + 3.5 * per_seed) / planning.MEMORY_SHARE)  # room for 3 seeds
-  monkeypatch.setattr(planning, 'device_memory_bytes', lambda: limit)
-  assert planning.fitted_width(ctx, 8) == 3
-  monkeypatch.setattr(planning, 'device_memory_bytes', lambda: 100 * limit)
-  assert planning.fitted_width(ctx, 8) == 8
-
-
 def test_a_single_run_and_a_sweep_never_share_a_workdir(subset, tmp_path):
   _train(subset, tmp_path / 'run', [0], sweep=False, checkpoint_every=0,
          config=CONFIG.replace(epochs=1))
@@ -250,15 +146,6 @@ def test_a_single_run_and_a_sweep_never_share_a_workdir(subset, tmp_path):
   _train(subset, tmp_path / 'sweep', [0, 1], checkpoint_every=0, config=CONFIG.replace(epochs=1))
   with pytest.raises(UsageError, match='holds a sweep'):
     _train(subset, tmp_path / 'sweep', [0], sweep=False, config=CONFIG.replace(epochs=1))
-
-
-def test_metrics_log_round_trip():
-  log = sink.new_log(4, 3)
-  metrics = {name: np.arange(2, dtype=np.float32) + i for i, name in enumerate(sink.LOG_COLUMNS)}
-  sink.log_epoch(log, [1, 3], 2, metrics)
-  back = sink.logged_metrics(log, [1, 3], 2)
-  assert all(np.array_equal(back[name], metrics[name]) for name in sink.LOG_COLUMNS)
-  assert not log[[0, 2]].any() and not log[:, [0, 2]].any()
 
 
 _TWO_DEVICES = '''

@@ -160,14 +160,6 @@ def test_a_full_disk_at_any_write_is_one_line_and_the_same_command_finishes(
     assert os.path.getsize(tmp_path / 'w' / name) > 0, name
 
 
-def test_orbax_errors_become_the_os_error_they_stand_for():
-  full = checkpoints.os_error_of(ValueError(
-      "RESOURCE_EXHAUSTED: ... No space left on device [os_error_code='28']"))
-  assert full.errno == errno.ENOSPC
-  assert checkpoints.os_error_of(ValueError('PERMISSION_DENIED: open')).errno == errno.EACCES
-  assert checkpoints.os_error_of(ValueError('a bug')) is None
-
-
 def _mount_tmpfs(path, size):
   path.mkdir()
   if os.geteuid() != 0:

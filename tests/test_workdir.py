@@ -349,33 +349,6 @@ def test_a_sweep_too_large_for_its_disk_is_refused_before_anything_is_written(
   assert not os.path.exists(tmp_path / 'sweep')
 
 
-def test_a_large_sweep_says_what_it_will_take_first(tmp_path, capsys):
-  from mlp_jax import planning  # pylint: disable=g-import-not-at-top
-  from mlp_jax.driver import Member  # pylint: disable=g-import-not-at-top
-  members = [Member(CONFIG.replace(seed=s), records.seed_dir(str(tmp_path), s))
-             for s in range(planning.PLAN_LINE_MEMBERS)]
-  planning.plan_sweep(Layout(str(tmp_path), sweep=True), members, set(), RunOptions(), 10,
-                 len(members))
-  line = capsys.readouterr().out
-  assert line.startswith(f'sweep: plan: {2 * planning.PLAN_LINE_MEMBERS} seed-epochs on 1 '
-                         f'device(s); {planning.PLAN_LINE_MEMBERS} run directories of ') and ' free)' in line
-  assert os.listdir(tmp_path) == []
-
-
-def test_a_long_run_says_how_long_it_will_take(monkeypatch):
-  import io  # pylint: disable=g-import-not-at-top
-  from mlp_jax import progress  # pylint: disable=g-import-not-at-top
-  clock = iter([0.0, 100.0, 110.0, 120.0])  # start, then each advance: 10 s per 4 units
-  monkeypatch.setattr(progress.time, 'perf_counter', lambda: next(clock))
-  out = io.StringIO()
-  bar = progress.Progress(1000, unit='seed-epochs', out=out)
-  for epoch in (1, 2, 3):
-    bar.advance(f'epoch {epoch}', 4)
-  assert out.getvalue().splitlines() == [
-      'epoch 1', 'epoch 2', 'mlp_jax: about 41m20s to go at this pace (992 seed-epochs left)',
-      'epoch 3']
-
-
 def test_a_seeds_lost_config_is_restored_from_its_marker(tiny, tmp_path, capsys):
   path = tmp_path / 'sweep'
   _train(tiny, path, [0, 1], sweep=True, config=CONFIG.replace(epochs=1))
