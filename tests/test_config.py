@@ -59,23 +59,6 @@ def test_the_table_gives_the_sweepable_and_traced_sets():
     assert row.help_text.endswith(('.', '...', ')')), row.name
 
 
-def test_every_flag_comes_from_a_row():
-  # pylint: disable=g-import-not-at-top
-  from absl import flags
-  from mlp_jax import config
-  from mlp_jax.flags import define_entry_point_flags, define_run_flags, define_training_flags
-  for entry_point in ('main', 'sweep'):
-    flag_values = flags.FlagValues()
-    define_training_flags(flag_values)
-    define_run_flags(flag_values)
-    define_entry_point_flags(entry_point, flag_values)
-    expected = {s.name for s in config.SETTINGS if s.flag in ('all', entry_point)}
-    assert set(flag_values) == expected, entry_point
-    for row in config.SETTINGS:
-      if row.name in expected and row.flag:
-        assert row.help_text in flag_values[row.name].help, row.name
-
-
 @pytest.mark.parametrize('changes, message', [
     ({'checkpoint_every': -1}, '--checkpoint_every must be auto, 0 (off) or more, got -1'),
     ({'keep_checkpoints': 0}, '--keep_checkpoints must be at least 1, got 0'),

@@ -1,4 +1,4 @@
-"""Seed sweeps: seed parsing, the bitwise guarantee, summaries, key derivation."""
+"""Seed sweeps: the bitwise guarantee, summaries, key derivation."""
 
 import contextlib
 import csv
@@ -10,31 +10,15 @@ import numpy as np
 import pytest
 
 from conftest import crash_at_epoch, read, without_timing
-from mlp_jax.flags import parse_seeds
 from mlp_jax import stats
 from mlp_jax.config import TrainConfig
-from mlp_jax.errors import UsageError
 from mlp_jax.run import Layout, RunOptions, epoch_line, sweep_line, train
 
 CONFIG = TrainConfig(epochs=2)
 
 
-@pytest.mark.parametrize('text, seeds', [
-    ('0-7', list(range(8))), ('0,3,9', [0, 3, 9]), ('0-3,10-12', [0, 1, 2, 3, 10, 11, 12]),
-    ('5', [5]), (' 2 , 4-5 ', [2, 4, 5]), ('7,1', [7, 1]),
-])
-def test_parse_seeds(text, seeds):
-  assert parse_seeds(text) == seeds
-
-
-@pytest.mark.parametrize('text', ['', 'a', '1-', '-1', '5-3', '1,1', '0-2,2', '1.5', '0-4294967296'])
-def test_parse_seeds_rejects(text):
-  with pytest.raises(UsageError, match='--seeds'):
-    parse_seeds(text)
-
-
 def _train(subset, workdir, seeds, sweep=True, config=CONFIG, **options):
-  """Trains in-process as the entry points do (their flags: tests/test_sweep.py's
+  """Trains in-process as the entry points do (their flags: tests/test_flags.py's
   test_flags_set_the_config_and_options); returns what was printed."""
   options.setdefault('tensorboard', False)
   out = io.StringIO()
@@ -119,29 +103,6 @@ def test_fixing_init_and_data_seeds(subset, tmp_path):
   history = lambda d, s: without_timing(read(d / f'seed_{s}' / 'history.csv'))
   assert history(both, 0) == history(both, 1)            # nothing random left to differ
   assert history(data_only, 0) != history(data_only, 1)  # initialisation still varies
-
-
-def test_flags_set_the_config_and_options():
-  """What the entry points' flags turn into (the in-process tests here start from that)."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from mlp_jax.flags import (config_from_flags, define_run_flags,  # pylint: disable=g-import-not-at-top
-                             define_training_flags, run_options_from_flags)
-  flag_values = flags.FlagValues()
-  define_training_flags(flag_values)
-  define_run_flags(flag_values)
-  flag_values(['sweep', '--epochs=1', '--init_seed=7', '--data_seed=8', '--vmap_width=2',
-               '--chunk_size=3', '--checkpoint_every=0', '--overwrite', '--notensorboard'])
-  assert config_from_flags(5, flag_values) == TrainConfig(epochs=1, seed=5, init_seed=7,
-                                                          data_seed=8)
-  assert run_options_from_flags(flag_values, seed_curves=True) == RunOptions(
-      checkpoint_every=0, overwrite=True, chunk_size=3, vmap_width=2, tensorboard=False,
-      seed_curves=True)
-  defaults = flags.FlagValues()
-  define_training_flags(defaults)
-  define_run_flags(defaults)
-  defaults(['sweep'])
-  assert config_from_flags(0, defaults) == TrainConfig()
-  assert run_options_from_flags(defaults) == RunOptions()
 
 
 def test_vmap_width_runs_and_records_its_setting(subset, tmp_path):

@@ -199,19 +199,6 @@ def test_the_program_cache_key_leaves_out_epochs_only_where_no_program_reads_the
   assert train.program_config(short) != train.program_config(long)
 
 
-def test_the_default_metrics_log_and_history_keep_their_layout():
-  """Checkpoints hold the metrics log by position: a run without a split keeps the
-  columns it always had, and a split's metrics come after them (before the timing)."""
-  from mlp_jax import metrics, records, sink  # pylint: disable=g-import-not-at-top
-  assert sink.LOG_COLUMNS == ('train_loss', 'train_correct', 'test_loss', 'test_correct',
-                              'epoch_seconds', 'eval_seconds')
-  assert records.HISTORY_COLUMNS == ('epoch', 'train_loss', 'train_accuracy', 'test_loss',
-                                     'test_accuracy', 'epoch_seconds', 'eval_seconds')
-  split = metrics.log_columns(metrics.recorded(metrics.splits_of(500)))
-  assert split == sink.LOG_COLUMNS[:4] + ('validation_loss', 'validation_correct') + \
-      sink.LOG_COLUMNS[4:]
-
-
 def test_evaluate_measures_each_split_it_is_given(subset):
   """With a validation split the compiled evaluation returns both splits' metrics; the
   test split's are those of an evaluation of the test set alone."""
