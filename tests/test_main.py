@@ -78,11 +78,6 @@ def test_load_trained_predicts_what_the_run_measured(two_epoch_runs, mnist):
     predict(mnist.test_images.astype(np.float32))
 
 
-def test_load_trained_refuses_a_directory_without_a_run(tmp_path):
-  with pytest.raises(mlp_jax.errors.UsageError, match='not a run directory'):
-    mlp_jax.load_trained(str(tmp_path))
-
-
 def _bad_data_dir(tmp_path, kind):
   import gzip, shutil  # pylint: disable=g-import-not-at-top,multiple-imports
   from mlp_jax import data  # pylint: disable=g-import-not-at-top
