@@ -219,43 +219,6 @@ def test_the_entry_points_import_with_the_garbage_collector_off():
     assert enabled == 'False', module
 
 
-def test_in_background_returns_the_result_or_raises_in_the_caller():
-  import threading  # pylint: disable=g-import-not-at-top
-  from mlp_jax import cli  # pylint: disable=g-import-not-at-top
-  from mlp_jax.errors import DataError  # pylint: disable=g-import-not-at-top
-  started = threading.Event()
-  release = threading.Event()
-
-  def slow(x):
-    started.set()
-    release.wait(10)
-    return x * 2
-
-  result = cli.in_background(slow, 21)
-  assert started.wait(10)         # running before anyone asks for it
-  release.set()
-  assert result() == 42
-
-  def fails():
-    raise DataError('data/x: content checksum mismatch')
-
-  with pytest.raises(DataError, match='checksum mismatch'):
-    cli.in_background(fails)()
-
-
-def test_only_the_bundled_mnist_loads_during_the_imports(mnist):
-  """A TFDS dataset is left to run.train: tensorflow-datasets' lazy imports swap the
-  interpreter's import function for every thread, and broke JAX imported meanwhile."""
-  import sys  # pylint: disable=g-import-not-at-top
-  from mlp_jax import cli  # pylint: disable=g-import-not-at-top
-  from mlp_jax.config import TrainConfig  # pylint: disable=g-import-not-at-top
-  loaded = cli.load_data_meanwhile(TrainConfig())()
-  assert loaded.sha256 == mnist.sha256 and loaded.train_images.shape == (60_000, 28, 28)
-  tfds_imported = 'tensorflow_datasets' in sys.modules
-  assert cli.load_data_meanwhile(TrainConfig(dataset='fashion_mnist'))() is None
-  assert ('tensorflow_datasets' in sys.modules) == tfds_imported
-
-
 def test_only_mlp_jax_is_installed_and_its_commands_run_from_anywhere(tmp_path):
   """pip install puts one package, mlp_jax, into site-packages (no generic top-level
   `experiments` to collide with another project's), and the sweep and compare commands
