@@ -141,6 +141,7 @@ def test_bad_command_line_is_one_clear_line(args, expected, run_module):
   assert len(result.stderr.strip().splitlines()) <= 2, result.stderr
 
 
+@pytest.mark.slow
 def test_epochs_are_measured_on_the_project_code_path():
   measured = benchmark.measure_epochs(epochs=2)
   assert len(measured['epoch_seconds']) == len(measured['eval_seconds']) == 2

@@ -121,6 +121,7 @@ def test_helpers():
                               'y.z: true -> (absent)']
 
 
+@pytest.mark.slow
 def test_identical_runs(tmp_path):
   a, b = write_run(tmp_path / 'a', seed=4), write_run(tmp_path / 'b', seed=4)
   for flag in ([], ['--require_identical']):
@@ -135,6 +136,7 @@ def test_identical_runs(tmp_path):
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
 
 
+@pytest.mark.slow
 def test_one_ulp_in_one_cell_is_different(tmp_path):
   # float32(0.9676) is 0.96759999...; its neighbour one ULP up prints as 0.96760005.
   assert str(np.nextafter(np.float32(0.9676), np.float32(1))) == '0.96760005'
@@ -193,6 +195,7 @@ def test_differing_settings_and_environment_are_listed(tmp_path):
   assert verdict(result).startswith('verdict: IDENTICAL')
 
 
+@pytest.mark.slow
 def test_epochs_and_seeds_on_one_side_only(tmp_path):
   a = write_run(tmp_path / 'a', seed=2, epochs=3)
   b = write_run(tmp_path / 'b', seed=2, epochs=2)
@@ -286,6 +289,7 @@ def test_identical_sweeps_and_a_seed_without_records(tmp_path):
   assert verdict(result) == 'verdict: DIFFERENT (seeds only in A: 2)'
 
 
+@pytest.mark.slow
 def test_run_against_the_same_seed_of_a_sweep(tmp_path):
   sweep = write_sweep(tmp_path / 'sweep', {0: 0.97, 1: 0.971, 2: 0.9705})
   run = write_run(tmp_path / 'run', seed=1, final_accuracy=0.971)
@@ -352,6 +356,7 @@ def test_one_directory_is_a_usage_error(tmp_path):
   assert result.returncode == 2 and 'expected two directories' in result.stderr
 
 
+@pytest.mark.slow
 def test_real_runs(tmp_path, mnist):
   """The same real run twice is IDENTICAL; another learning rate is DIFFERENT (runs
   trained in-process, 1 epoch on 2,048 images: compare reads only their records)."""

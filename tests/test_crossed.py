@@ -36,6 +36,7 @@ def design(subset, tmp_path_factory):
   return workdir, components, out
 
 
+@pytest.mark.slow
 def test_member_equals_its_single_run_bit_for_bit(subset, design, tmp_path):
   workdir, _, _ = design
   init_seed, seed = 5, 2  # neither the first init seed nor the first data seed
@@ -51,6 +52,7 @@ def test_member_equals_its_single_run_bit_for_bit(subset, design, tmp_path):
       read(os.path.join(single, 'config.json')))
 
 
+@pytest.mark.slow
 def test_one_program_and_both_seeds_matter(design):
   workdir, _, out = design
   # One compiled program for the six members (the seeds are its inputs).
@@ -61,6 +63,7 @@ def test_one_program_and_both_seeds_matter(design):
   assert json.loads(read(os.path.join(workdir, 'sweep.json')))['grid'] == [['init_seed', [3, 5]]]
 
 
+@pytest.mark.slow
 def test_variance_components_written_and_printed(design):
   workdir, components, out = design
   accuracy = np.array([[float(records.final_row(os.path.join(workdir, f'init_seed={i}',

@@ -37,6 +37,7 @@ def test_plan_chunks_pads_every_group_to_the_full_width():
   assert chunks[1].checkpoint_dir == '[8, 9]'
 
 
+@pytest.mark.slow
 def test_a_sweep_writes_complete_records_and_times_its_host_work(subset, tmp_path):
   outcome = _train(subset, tmp_path, [0, 1, 2], chunk_size=2)
   for seed in (0, 1, 2):
@@ -54,6 +55,7 @@ def test_a_sweep_writes_complete_records_and_times_its_host_work(subset, tmp_pat
     assert os.path.exists(tmp_path / name)
 
 
+@pytest.mark.slow
 def test_seed_curves_on_request(subset, tmp_path):
   _train(subset, tmp_path, [0, 1], seed_curves=True, checkpoint_every=0)
   for seed in (0, 1):
@@ -61,6 +63,7 @@ def test_seed_curves_on_request(subset, tmp_path):
                                         records.CURVES_FILE)) > 10_000
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('width', [1, 4])
 def test_a_seed_never_depends_on_its_neighbours_chunk_or_position(subset, tmp_path, width):
   """Seed 9 of seeds 0-9 (a padded remainder group), of seeds 8-11 (a full group),
@@ -79,6 +82,7 @@ def test_a_seed_never_depends_on_its_neighbours_chunk_or_position(subset, tmp_pa
   assert records.load_config(str(tmp_path / 'single')).vmap_width == width
 
 
+@pytest.mark.slow
 def test_interrupted_then_resumed_equals_uninterrupted_and_repairs_history(
     subset, tmp_path, monkeypatch):
   """A crash before epoch 3's records: the rerun resumes from the checkpoint of
@@ -116,6 +120,7 @@ def test_import_matplotlib_imports_what_a_picture_needs():
   assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.slow
 def test_initial_states_derive_each_seeds_keys_as_seed_keys_does(subset):
   """The chunk's init program derives the keys from the seeds inside; the states
   are those of trainer.init(*seed_keys(config)), bit for bit, up to 2**32 - 1."""
@@ -130,6 +135,7 @@ def test_initial_states_derive_each_seeds_keys_as_seed_keys_does(subset):
     assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
 
 
+@pytest.mark.slow
 def test_the_memory_a_seed_needs_is_measured_from_the_compiled_program(subset):
   ctx = driver.Context.create(CONFIG.replace(vmap_width=2), subset)
   per_seed, fixed = ctx.programs.bytes_per_seed(4)
@@ -158,6 +164,7 @@ train(TrainConfig(epochs=2, seed=9), [9], Layout(os.path.join(root, 'single'), s
 '''
 
 
+@pytest.mark.slow
 def test_a_seed_is_the_same_in_any_sweep_on_one_or_two_devices(subset, tmp_path, cache_dir):
   """Seed 9 at width 4 on 2 host devices (the chunk's groups split over them): in the
   padded sweep 0-9, in the sweep 8-11 and alone, the same bits as alone on one device.

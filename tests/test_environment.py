@@ -66,6 +66,7 @@ def test_the_programs_are_compiled_with_the_options(monkeypatch, mnist):
     driver.Context.create(TrainConfig(epochs=1), mnist).programs.get(1)
 
 
+@pytest.mark.slow
 def test_the_training_matmuls_run_on_eigen_not_ynnpack(monkeypatch, mnist):
   """With the options, no YNNPACK fusion of the seed config's epoch or evaluation
   holds a matmul: they are Eigen contractions, whose bits follow the fixed thread
@@ -89,6 +90,7 @@ def test_the_training_matmuls_run_on_eigen_not_ynnpack(monkeypatch, mnist):
   assert matmuls_in_ynnpack(epoch) > 0
 
 
+@pytest.mark.slow
 def test_runs_compile_with_the_options_and_record_them(tmp_path, run_module):
   """environment.json records the options; what the vector width does to the bits
   depends on the CPU.
@@ -119,6 +121,7 @@ def test_runs_compile_with_the_options_and_record_them(tmp_path, run_module):
     assert params['default'] != params['width256']
 
 
+@pytest.mark.slow
 def test_the_intra_op_thread_pool_has_a_fixed_size(tmp_path):
   """Importing mlp_jax.environment sets $PJRT_NPROC before JAX's CPU client starts,
   unless the user set it; too late (a client already running), it records None."""
@@ -142,6 +145,7 @@ def test_the_intra_op_thread_pool_has_a_fixed_size(tmp_path):
   assert child(before='import jax; jax.devices(); ') == [None, {'PJRT_NPROC': None, 'pool': None}]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, 'sched_setaffinity') or len(os.sched_getaffinity(0)) < 2,
                     reason='needs Linux and at least two cores')
 @pytest.mark.parametrize('flags', [[], ['--batch_norm', '--dropout=0.2']], ids=['mlp', 'bn_dropout'])

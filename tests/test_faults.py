@@ -137,6 +137,7 @@ WRITES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('site', sorted(WRITES))
 def test_a_full_disk_at_any_write_is_one_line_and_the_same_command_finishes(
     site, tiny, reference, tmp_path, monkeypatch):
@@ -170,6 +171,7 @@ def _mount_tmpfs(path, size):
     pytest.skip(f'cannot mount a tmpfs here: {result.stderr.strip()}')
 
 
+@pytest.mark.slow
 def test_a_really_full_disk_is_one_line_without_orbax_tracebacks(tiny, reference, tmp_path,
                                                                   capfd):
   """A 1 MB tmpfs: the seed model's checkpoints (1.4 MB) do not fit; then a 100%
@@ -229,6 +231,7 @@ def _garble_metadata(directory):
           f.write('{garbage')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('damage', [_truncate_largest, _garble_metadata])
 def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one(
     damage, tiny, reference, interrupted, tmp_path, capfd):
@@ -254,6 +257,7 @@ def test_no_intact_checkpoint_is_one_line_naming_the_directory(tiny, interrupted
   assert records.is_complete(str(path))
 
 
+@pytest.mark.slow
 def test_a_damaged_params_file_is_finished_again_from_the_checkpoint(tiny, reference, tmp_path,
                                                                      capfd):
   from mlp_jax.inference import load_trained  # pylint: disable=g-import-not-at-top
@@ -309,6 +313,7 @@ def test_damaged_sweep_settings_are_one_line_naming_the_file(tiny, one_epoch_swe
 # ----------------------------------------------------------------------------- finishing
 
 
+@pytest.mark.slow
 def test_a_sweep_seed_missing_its_params_is_finished_from_its_chunk_whatever_the_chunking(
     tiny, reference, tmp_path, capfd):
   """Seeds 0-1 in one chunk; seed 1's params.msgpack lost (a kill among the final
@@ -327,6 +332,7 @@ def test_a_sweep_seed_missing_its_params_is_finished_from_its_chunk_whatever_the
   assert sorted(os.listdir(tmp_path / records.CHECKPOINT_DIR)) == chunk_dirs
 
 
+@pytest.mark.slow
 def test_an_interrupted_sweep_resumes_its_chunks_under_another_chunk_size(
     tiny, reference, tmp_path, monkeypatch, capfd):
   crash_at_epoch(monkeypatch, 3)
@@ -409,6 +415,7 @@ PHASES = {  # where SIGTERM arrives; where the run stops (after an epoch, or in 
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('phase', sorted(PHASES))
 def test_a_signal_in_any_phase_stops_cleanly_and_the_run_resumes(phase, tiny, reference,
                                                                  tmp_path, monkeypatch):
@@ -430,6 +437,7 @@ def test_a_signal_in_any_phase_stops_cleanly_and_the_run_resumes(phase, tiny, re
   assert os.path.exists(tmp_path / records.CURVES_FILE)
 
 
+@pytest.mark.slow
 def test_ctrl_c_at_start_up_loses_nothing(tiny, reference, tmp_path, monkeypatch):
   """SIGINT before training (Python's KeyboardInterrupt; the entry points print one
   line and exit 130) leaves whole records that the same command continues."""

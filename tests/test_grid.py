@@ -89,6 +89,7 @@ def test_the_sweep_refuses_a_bad_grid_before_writing_anything(run_module, tmp_pa
   assert not workdir.exists()
 
 
+@pytest.mark.slow
 def test_each_member_is_the_run_its_settings_make(grid_sweep, subset, tmp_path):
   """Members of both programs, at both learning rates, equal single runs bit for bit."""
   for rate, sizes, seed in ((3e-3, (16, 16), 1), (1e-3, (32,), 0)):
@@ -101,6 +102,7 @@ def test_each_member_is_the_run_its_settings_make(grid_sweep, subset, tmp_path):
     assert _record(member) == _record(single), member
 
 
+@pytest.mark.slow
 def test_members_of_several_points_vectorise_together(subset, tmp_path):
   """At vmap width 2 the two learning rates of seed 0 share one group; each member
   is still the single run of width 2."""
@@ -115,6 +117,7 @@ def test_members_of_several_points_vectorise_together(subset, tmp_path):
   assert _record(member) == _record(single)
 
 
+@pytest.mark.slow
 def test_statistics_per_grid_point(grid_sweep):
   summary = records.read_csv(os.path.join(grid_sweep, records.SUMMARY_FILE))
   assert list(summary[0])[:3] == ['learning_rate', 'hidden_sizes', 'epoch']
@@ -139,6 +142,7 @@ def test_statistics_per_grid_point(grid_sweep):
   assert os.path.getsize(os.path.join(grid_sweep, records.CURVES_FILE)) > 10_000
 
 
+@pytest.mark.slow
 def test_the_ensemble_is_recomputed_from_load_trained(grid_sweep, subset):
   points = records.read_csv(os.path.join(grid_sweep, records.POINTS_FILE))
   for p in points[:2]:
@@ -155,6 +159,7 @@ def test_the_ensemble_is_recomputed_from_load_trained(grid_sweep, subset):
     assert p['ensemble_test_accuracy'] == str(np.mean(ensemble == subset.test_labels))
 
 
+@pytest.mark.slow
 def test_a_grid_resumes_where_it_stopped(grid_sweep, subset, tmp_path, monkeypatch):
   """A crash after epoch 1's checkpoint; the same command finishes every member with
   the bits of the uninterrupted grid."""
@@ -188,6 +193,7 @@ def test_a_grid_resumes_where_it_stopped(grid_sweep, subset, tmp_path, monkeypat
       ['learning_rate', [0.001, 0.003]]]
 
 
+@pytest.mark.slow
 def test_compare_points_from_a_grid_to_its_members(grid_sweep):
   from mlp_jax import compare  # pylint: disable=g-import-not-at-top
   with pytest.raises(UsageError, match=r'a grid sweep \(its points are compared in its '
@@ -203,6 +209,7 @@ train(TrainConfig(epochs=2, dropout=0.1), [0, 1], Layout(root, sweep=True),
 """
 
 
+@pytest.mark.slow
 def test_a_grid_over_two_devices_is_the_grid_on_one(grid_sweep, tmp_path, cache_dir):
   """Members split over two devices (one chunk of 4 per program, 2 per device) have
   the bits of the one-device grid."""

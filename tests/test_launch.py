@@ -157,6 +157,7 @@ def three_ways(tmp_path_factory, cache_dir):
   return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('seed', SEEDS)
 def test_one_device_two_devices_and_two_processes_agree_bit_for_bit(three_ways, seed):
   reference = os.path.join(three_ways['one'], f'seed_{seed}')
@@ -169,6 +170,7 @@ def test_one_device_two_devices_and_two_processes_agree_bit_for_bit(three_ways, 
     assert _read(os.path.join(seed_dir, 'params.msgpack'), 'rb') == params, way
 
 
+@pytest.mark.slow
 def test_environment_records_devices_and_processes(three_ways):
   env = {way: json.loads(_read(os.path.join(three_ways[way], 'environment.json')))
          for way in ('one', 'two', 'two_by_two')}
@@ -177,6 +179,7 @@ def test_environment_records_devices_and_processes(three_ways):
   assert env['two_by_two']['local_device_count'] == 2
 
 
+@pytest.mark.slow
 def test_launch_reports_and_prefixes_output(three_ways):
   one_process, two = three_ways['one_process_run'], three_ways['two_run']
   # A single process is the module itself: its own output, nothing added.
@@ -283,6 +286,7 @@ if os.environ.get('PROCESS_ID') == '1':
   assert run.seconds < 40
 
 
+@pytest.mark.slow
 def test_a_process_dying_after_joining_stops_the_rest(tmp_path, cache_dir):
   """Process 1 joins the distributed runtime and dies; process 0 is left at the first
   barrier, where JAX takes SIGTERM as a preemption notice: the launcher kills it."""
@@ -299,6 +303,7 @@ if os.environ.get('PROCESS_ID') == '1':
   assert run.seconds < 40
 
 
+@pytest.mark.slow
 def test_a_process_lost_in_training_is_one_line_and_the_survivor_stops_at_once(tmp_path,
                                                                               cache_dir):
   """Process 1 dies at its first epoch; process 0 meets the loss in its next collective:
@@ -321,6 +326,7 @@ if os.environ.get('PROCESS_ID') == '1':
   assert 'still running' not in run.stderr
 
 
+@pytest.mark.slow
 def test_a_module_error_after_joining_stops_the_launch(tmp_path, cache_dir):
   """Process 1 cannot take its workdir lock (.lock.1 is a directory) and reports it."""
   workdir = tmp_path / 'w'
@@ -333,6 +339,7 @@ def test_a_module_error_after_joining_stops_the_launch(tmp_path, cache_dir):
   assert run.seconds < 40  # stopped, not left waiting for process 1 at a barrier
 
 
+@pytest.mark.slow
 def test_sigterm_is_forwarded_and_every_process_checkpoints(tmp_path, cache_dir):
   workdir = tmp_path / 'w'
   run = Launch('--processes=2', 'experiments.sweep', '--seeds=0-1', '--epochs=30',
@@ -535,6 +542,7 @@ def test_a_cluster_jax_cannot_read_is_one_line(monkeypatch):
     environment.initialize_distributed()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('cluster', ['slurm', 'openmpi'])
 def test_jax_detects_the_cluster_and_the_processes_join(cluster, cache_dir):
   """Two real processes with the variables srun (or Open MPI's mpirun) sets, on this

@@ -37,6 +37,7 @@ def two_epoch_runs(tmp_path_factory, cache_dir):
   return dirs
 
 
+@pytest.mark.slow
 def test_run_writes_every_record_and_learns(two_epoch_runs):
   workdir, result = two_epoch_runs[0]
   for name in ('config.json', 'environment.json', 'history.csv', 'params.msgpack',
@@ -59,6 +60,7 @@ def test_run_writes_every_record_and_learns(two_epoch_runs):
   assert env['data']['sha256']['train-images-idx3-ubyte'].startswith('ba891046')
 
 
+@pytest.mark.slow
 def test_same_command_twice_is_bit_identical(two_epoch_runs):
   (a, _), (b, _) = two_epoch_runs
   history = [open(os.path.join(d, 'history.csv')).read() for d in (a, b)]
@@ -67,6 +69,7 @@ def test_same_command_twice_is_bit_identical(two_epoch_runs):
   assert params[0] == params[1]
 
 
+@pytest.mark.slow
 def test_load_trained_predicts_what_the_run_measured(two_epoch_runs, mnist):
   workdir, _ = two_epoch_runs[0]
   predict = mlp_jax.load_trained(workdir)
@@ -118,6 +121,7 @@ def _bad_data_dir(tmp_path, kind):
     ('data_dir:truncated', 't10k-images-idx3-ubyte.gz: truncated'),
     ('data_dir:checksum', 't10k-labels-idx1-ubyte.gz: content checksum mismatch'),
 ])
+@pytest.mark.slow
 def test_bad_input_is_one_clear_line_and_writes_nothing(args, expected, tmp_path, run_module):
   if isinstance(args, str):
     data_dir = tmp_path / 'data'
@@ -137,6 +141,7 @@ def _tree_bytes(workdir):
           for d, _, names in os.walk(workdir) for n in names if n != '.lock'}
 
 
+@pytest.mark.slow
 def test_run_with_other_settings_is_refused_and_left_intact(two_epoch_runs, run_module):
   workdir, _ = two_epoch_runs[1]
   before = _tree_bytes(workdir)
@@ -147,6 +152,7 @@ def test_run_with_other_settings_is_refused_and_left_intact(two_epoch_runs, run_
   assert _tree_bytes(workdir) == before
 
 
+@pytest.mark.slow
 def test_finished_run_rerun_says_complete(two_epoch_runs, run_module):
   workdir, _ = two_epoch_runs[1]
   before = _tree_bytes(workdir)
@@ -156,6 +162,7 @@ def test_finished_run_rerun_says_complete(two_epoch_runs, run_module):
   assert _tree_bytes(workdir) == before
 
 
+@pytest.mark.slow
 def test_short_cnn_run_learns_and_loads(tmp_path, mnist):
   """One epoch of the CNN with batch norm and dropout, in-process on the first 8,192
   training images (64 steps): >= 94% on the first 2,000 test images (about 96%
@@ -189,6 +196,7 @@ def test_gpu_determinism_is_the_default_and_the_users_flags_win(monkeypatch):
   assert environment.apply_determinism(deterministic=False) == ''
 
 
+@pytest.mark.slow
 def test_entry_points_record_the_determinism_flags(two_epoch_runs):
   workdir, _ = two_epoch_runs[0]
   flags = records.read_json_object(os.path.join(workdir, 'environment.json'))['xla_flags']

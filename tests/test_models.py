@@ -59,6 +59,7 @@ def test_conv3x3_is_the_same_function_as_nn_conv():
   np.testing.assert_allclose(_apply(ours, {'params': params}, x), reference, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('model', [MLP(dropout=0.5), CNN(dropout=0.5)])
 def test_dropout_only_in_training(model):
   variables = _init(model)
@@ -71,6 +72,7 @@ def test_dropout_only_in_training(model):
   assert not np.array_equal(train[0], evals[0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('model', [MLP(batch_norm=True), CNN(batch_norm=True)])
 def test_batch_norm_updates_in_training_and_freezes_in_evaluation(model):
   variables = _init(model, batch=2)
@@ -107,6 +109,7 @@ class Tiny(nn.Module):
     return f'Tiny ({config.batch_size})'
 
 
+@pytest.mark.slow
 def test_a_registered_model_trains_describes_and_loads(monkeypatch, mnist, tmp_path):
   import mlp_jax  # pylint: disable=g-import-not-at-top
   from mlp_jax import config as settings, models, records  # pylint: disable=g-import-not-at-top

@@ -21,6 +21,7 @@ def test_a_chunk_too_large_for_the_device_is_one_line_naming_chunk_size():
     planning.check_chunk_fits(701, 1e6, 1e8, 10**9)
 
 
+@pytest.mark.slow
 def test_an_automatic_width_narrows_to_what_fits_in_device_memory(subset, monkeypatch):
   """On a GPU/TPU --vmap_width=auto starts from every seed at once and narrows to
   what the device holds (a CPU has no limit: simulated here)."""

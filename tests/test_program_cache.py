@@ -131,6 +131,7 @@ def _run_reading_cache(subset, tmp_path, config):
   return run
 
 
+@pytest.mark.slow
 def test_a_run_from_cached_programs_equals_one_that_traced_them(subset, tmp_path):
   run = _run_reading_cache(subset, tmp_path, TrainConfig(epochs=2, dropout=0.2,
                                                           batch_norm=True))
@@ -140,6 +141,7 @@ def test_a_run_from_cached_programs_equals_one_that_traced_them(subset, tmp_path
   assert traced[2:] == loaded[2:] == uncached[2:]
 
 
+@pytest.mark.slow
 def test_a_longer_run_loads_the_programs_of_a_shorter_one(subset, tmp_path):
   """With a constant learning rate no program reads the number of epochs."""
   run = _run_reading_cache(subset, tmp_path, TrainConfig(epochs=3))

@@ -69,6 +69,7 @@ def _resumed_epoch(stdout):
   return int(line.rsplit('after epoch ', 1)[1])
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted_run(reference, tmp_path, cache_dir):
   workdir = tmp_path / 'run'
   args = [f'--epochs={EPOCHS}', '--seed=3', '--checkpoint_every=1', f'--workdir={workdir}']
@@ -87,6 +88,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(reference, tmp_path, cache
       read(reference / 'single' / 'params.msgpack', 'rb')
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_a_sweep(reference, tmp_path, cache_dir):
   workdir = tmp_path / 'sweep'
   args = [f'--epochs={EPOCHS}', '--seeds=0-2', '--chunk_size=2', '--checkpoint_every=1',
@@ -103,6 +105,7 @@ def test_sigkill_then_resume_a_sweep(reference, tmp_path, cache_dir):
   assert read(workdir / 'final.csv') == read(reference / 'sweep' / 'final.csv')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
 def test_signal_stops_cleanly_and_resumes(sig, reference, tmp_path, cache_dir):
   workdir = tmp_path / 'run'
@@ -125,6 +128,7 @@ def test_signal_stops_cleanly_and_resumes(sig, reference, tmp_path, cache_dir):
       without_timing(read(reference / 'single' / 'history.csv'))
 
 
+@pytest.mark.slow
 def test_concurrent_use_is_refused(tmp_path, cache_dir):
   workdir = tmp_path / 'run'
   first = _popen('mlp_jax.main', ['--epochs=200', f'--workdir={workdir}'], cache_dir)
@@ -139,6 +143,7 @@ def test_concurrent_use_is_refused(tmp_path, cache_dir):
     first.communicate()
 
 
+@pytest.mark.slow
 def test_overwrite_starts_over(reference, tmp_path, run_module):
   workdir = tmp_path / 'run'
   assert run_module('mlp_jax.main', '--epochs=1', f'--workdir={workdir}').returncode == 0
@@ -149,6 +154,7 @@ def test_overwrite_starts_over(reference, tmp_path, run_module):
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['1', '2']
 
 
+@pytest.mark.slow
 def test_unwritable_workdir(tmp_path, run_module):
   blocker = tmp_path / 'a_file'
   blocker.write_text('not a directory')
@@ -157,6 +163,7 @@ def test_unwritable_workdir(tmp_path, run_module):
   assert 'Traceback' not in result.stderr and blocker.read_text() == 'not a directory'
 
 
+@pytest.mark.slow
 def test_full_disk_leaves_the_last_checkpoint_intact(tmp_path, monkeypatch, mnist):
   """A write failing with ENOSPC mid-run: clear error, earlier records readable, resumable
   (train_and_evaluate in-process, on the first 8,192 training and 2,000 test images)."""

@@ -43,6 +43,7 @@ def runs(subset, tmp_path_factory):
   return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('sweep', ['all4', 'reversed_chunk1', 'mixed_chunk2'])
 @pytest.mark.parametrize('seed', [1, 2])
 def test_seed_in_any_sweep_equals_its_single_run_bit_for_bit(runs, sweep, seed):
@@ -55,6 +56,7 @@ def test_seed_in_any_sweep_equals_its_single_run_bit_for_bit(runs, sweep, seed):
       json.loads(read(os.path.join(single, 'config.json')))
 
 
+@pytest.mark.slow
 def test_sweep_writes_its_summaries(runs):
   workdir = runs['all4']
   for name in ('sweep.json', 'environment.json', 'summary.csv', 'final.csv', 'curves.png',
@@ -92,6 +94,7 @@ def test_sweep_writes_its_summaries(runs):
   assert 'test acc mean' in runs['all4_stdout']
 
 
+@pytest.mark.slow
 def test_fixing_init_and_data_seeds(subset, tmp_path):
   """--init_seed and --data_seed hold one source of randomness fixed across seeds."""
   both = tmp_path / 'both_fixed'
@@ -105,6 +108,7 @@ def test_fixing_init_and_data_seeds(subset, tmp_path):
   assert history(data_only, 0) != history(data_only, 1)  # initialisation still varies
 
 
+@pytest.mark.slow
 def test_vmap_width_runs_and_records_its_setting(subset, tmp_path):
   workdir = tmp_path / 'vmapped'
   _train(subset, workdir, [0, 1, 2, 3], config=CONFIG.replace(epochs=1), vmap_width=2,
@@ -126,6 +130,7 @@ def test_sweep_bad_input(args, expected, tmp_path, run_module):
   assert 'Traceback' not in result.stderr and not (tmp_path / 'w').exists()
 
 
+@pytest.mark.slow
 def test_overwrite_with_other_seeds_leaves_no_stale_seed(subset, tmp_path, monkeypatch, capsys):
   from mlp_jax import run  # pylint: disable=g-import-not-at-top
   from mlp_jax.workdir import WorkdirError  # pylint: disable=g-import-not-at-top
@@ -166,6 +171,7 @@ def _statistics(workdir):
                                                                 'points.csv')}
 
 
+@pytest.mark.slow
 def test_extending_a_sweep_trains_only_the_new_seeds(subset, runs, tmp_path):
   """Seeds 0-1, then 0-3 on the same workdir, killed once and resumed: the finished
   seeds' files (and their chunk's checkpoints) keep every byte, the new seeds train
@@ -204,6 +210,7 @@ def test_extending_a_sweep_trains_only_the_new_seeds(subset, runs, tmp_path):
   assert _file_hashes(workdir) == after
 
 
+@pytest.mark.slow
 def test_extension_message_and_what_is_refused(subset, tmp_path, capsys):
   from mlp_jax.workdir import WorkdirError  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / 'sweep'
@@ -228,6 +235,7 @@ def test_extension_message_and_what_is_refused(subset, tmp_path, capsys):
           } == {p: h for p, h in before.items() if 'seed_' in p}
 
 
+@pytest.mark.slow
 def test_extending_a_grid_adds_the_seeds_to_every_point(subset, tmp_path):
   from mlp_jax.grid import Grid  # pylint: disable=g-import-not-at-top
   grid = Grid((('learning_rate', (0.001, 0.003)),))

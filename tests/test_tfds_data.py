@@ -318,6 +318,7 @@ def test_default_mnist_path_never_imports_tfds():
   assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.slow
 def test_training_on_a_prepared_tfds_dataset_end_to_end(tfds, tmp_path, mnist):
   """`--dataset=fashion_mnist --tfds_data_dir=DIR` through the real loader and CLI."""
   import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports

@@ -16,6 +16,7 @@ def subset(mnist):
           jnp.asarray(mnist.test_labels[:1000]))
 
 
+@pytest.mark.slow
 def test_epochs_lower_the_loss_and_raise_accuracy(subset):
   x, y, xt, yt = subset
   config = TrainConfig(batch_size=64)
@@ -34,6 +35,7 @@ def test_epochs_lower_the_loss_and_raise_accuracy(subset):
   assert int(state.epoch) == 3 and int(state.opt_state[0].count) == 3 * 32
 
 
+@pytest.mark.slow
 def test_last_partial_batch_is_dropped(subset):
   x, y, _, _ = subset
   trainer = train.make_trainer(TrainConfig(batch_size=100), train_size=x.shape[0])
@@ -45,6 +47,7 @@ def test_last_partial_batch_is_dropped(subset):
   assert 0 <= int(metrics['train_correct']) <= 2000
 
 
+@pytest.mark.slow
 def test_train_epoch_is_a_pure_function_of_its_state(subset):
   x, y, _, _ = subset
   trainer = train.make_trainer(TrainConfig(batch_size=256), train_size=x.shape[0])
@@ -82,6 +85,7 @@ def test_epoch_metrics_are_exact_fractions():
     {'lr_schedule': 'warmup_cosine', 'dropout': 0.2, 'batch_norm': True},
     {'model': 'cnn', 'batch_norm': True, 'dropout': 0.25, 'augment': True},
 ])
+@pytest.mark.slow
 def test_every_option_trains_reproducibly(options, subset):
   """Same state in, same bits out, for each model option; and the loss goes down."""
   x, y, xt, yt = subset
@@ -100,6 +104,7 @@ def test_every_option_trains_reproducibly(options, subset):
   assert np.array_equal(evaluated[0]['test_loss'], evaluated[1]['test_loss'])
 
 
+@pytest.mark.slow
 def test_batch_norm_statistics_are_carried_in_the_state(subset):
   x, y, xt, yt = subset
   config = TrainConfig(batch_norm=True)
@@ -199,6 +204,7 @@ def test_the_program_cache_key_leaves_out_epochs_only_where_no_program_reads_the
   assert train.program_config(short) != train.program_config(long)
 
 
+@pytest.mark.slow
 def test_evaluate_measures_each_split_it_is_given(subset):
   """With a validation split the compiled evaluation returns both splits' metrics; the
   test split's are those of an evaluation of the test set alone."""

@@ -60,6 +60,7 @@ def test_held_out_images_are_disjoint_from_the_trained_ones(subset):
   assert data.hold_out(subset, 0) is subset
 
 
+@pytest.mark.slow
 def test_the_split_is_the_same_in_every_process_and_on_any_device_count(mnist):
   """Two fresh interpreters (one with two host devices, another hash seed) hold out the
   same 5,000 images as this process does."""
@@ -78,6 +79,7 @@ def test_the_split_is_the_same_in_every_process_and_on_any_device_count(mnist):
   assert outputs[0][1] == outputs[1][1] == here == MNIST_5000_SHA256
 
 
+@pytest.mark.slow
 def test_every_member_records_the_same_held_out_indices(split_grid, subset):
   expected = data.validation_checksum(data.validation_indices(len(subset.train_labels),
                                                               HELD_OUT))
@@ -97,6 +99,7 @@ def test_history_gains_the_validation_columns(split_grid):
   assert all(float(a * HELD_OUT).is_integer() for a in accuracy)
 
 
+@pytest.mark.slow
 def test_a_member_equals_the_single_run_with_the_split(split_grid, subset, tmp_path):
   """history.csv (all but the timing) and params.msgpack byte for byte, config.json equal."""
   member = _members(split_grid)[len(SEEDS) + 1]  # learning rate 4e-3, seed 1

@@ -33,6 +33,7 @@ def _train(tiny, path, seeds=(0,), sweep=False, config=CONFIG, **options):
                sweep_line if sweep else epoch_line, started=0.0, dataset=tiny)
 
 
+@pytest.mark.slow
 def test_a_closed_or_failing_console_costs_no_record(tmp_path, cache_dir):
   """stdout a pipe nobody reads (`| head -1` once head has exited), stderr /dev/full:
   the run trains to the end, writes every record and exits 0."""
@@ -225,6 +226,7 @@ sink.render_curves(dirs, [str(k) for k in range(400)], workers=2)
 """
 
 
+@pytest.mark.slow
 def test_curve_processes_end_with_their_parent(tmp_path):
   """The parent of the processes drawing curves.png dies by SIGKILL: they end too."""
   import signal  # pylint: disable=g-import-not-at-top
@@ -328,6 +330,7 @@ def test_an_unwritable_compilation_cache_is_one_warning_line(tmp_path, capfd):
       '$MLP_JAX_COMPILATION_CACHE)\n')
 
 
+@pytest.mark.slow
 def test_the_sweep_header_says_how_many_seeds_train_together(tiny, tmp_path, capsys):
   _train(tiny, tmp_path / 'sweep', [0, 1], sweep=True, config=CONFIG.replace(epochs=1),
          vmap_width=2, chunk_size=1, checkpoint_every=0)
