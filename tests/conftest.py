@@ -32,6 +32,22 @@ def subset(mnist):
 
 
 @pytest.fixture(scope='session')
+def tiny(mnist):
+  """512 training and 200 test images: 4 steps an epoch."""
+  return mnist_subset(mnist, 512, 200)
+
+
+def train_tiny(tiny, path, seeds=(0,), sweep=False, config=None, **options):
+  """run.train of `seeds` (a sweep if `sweep`) on `tiny` into `path`: checkpoints every
+  epoch and no TensorBoard unless `options` say otherwise; returns its Outcome."""
+  from mlp_jax.run import Layout, RunOptions, epoch_line, sweep_line, train  # pylint: disable=g-import-not-at-top
+  options.setdefault('tensorboard', False)
+  options.setdefault('checkpoint_every', 1)
+  return train(config, list(seeds), Layout(str(path), sweep=sweep), RunOptions(**options),
+               sweep_line if sweep else epoch_line, started=0.0, dataset=tiny)
+
+
+@pytest.fixture(scope='session')
 def cache_dir(tmp_path_factory):
   """One compilation cache for the session's subprocesses (a user's second run is warm too)."""
   return str(tmp_path_factory.mktemp('xla_cache'))

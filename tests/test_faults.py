@@ -7,6 +7,7 @@ bits of one never disturbed."""
 
 import builtins
 import errno
+import functools
 import os
 import shutil
 import signal
@@ -16,11 +17,10 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, crash_at_epoch, mnist_subset, read, without_timing
+from conftest import REPO, crash_at_epoch, read, train_tiny, without_timing
 from mlp_jax import checkpoints, driver, records, sink, workdir
 from mlp_jax.config import TrainConfig
 from mlp_jax.errors import Interrupted, UsageError
-from mlp_jax.run import Layout, RunOptions, epoch_line, sweep_line, train
 from mlp_jax.workdir import WorkdirError
 
 CONFIG = TrainConfig(epochs=3, batch_size=128)
@@ -30,17 +30,8 @@ CONFIG = TrainConfig(epochs=3, batch_size=128)
 checkpoints.quiet_orbax()
 
 
-@pytest.fixture(scope='module')
-def tiny(mnist):
-  """512 training and 200 test images: 4 steps an epoch."""
-  return mnist_subset(mnist, 512, 200)
-
-
-def _train(tiny, path, seeds=(0,), sweep=False, config=CONFIG, **options):
-  options.setdefault('tensorboard', False)
-  options.setdefault('checkpoint_every', 1)
-  return train(config, list(seeds), Layout(str(path), sweep=sweep), RunOptions(**options),
-               sweep_line if sweep else epoch_line, started=0.0, dataset=tiny)
+# run.train on the `tiny` data, this module's CONFIG unless given.
+_train = functools.partial(train_tiny, config=CONFIG)
 
 
 def _run_dirs(path, seeds, sweep):

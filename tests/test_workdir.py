@@ -4,33 +4,24 @@ that fails; every phase interruptible. In-process on a tiny subset where the poi
 is a workdir's files; in a process of its own where it is a process's (pipes,
 signals)."""
 
+import functools
 import os
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO, mnist_subset, read
+from conftest import REPO, read, train_tiny
 from mlp_jax import records
 from mlp_jax.config import TrainConfig
 from mlp_jax.errors import UsageError
-from mlp_jax.run import Layout, RunOptions, epoch_line, sweep_line, train
 from mlp_jax.workdir import WorkdirError
 
 CONFIG = TrainConfig(epochs=2, batch_size=128)
 
 
-@pytest.fixture(scope='module')
-def tiny(mnist):
-  """512 training and 200 test images: 4 steps an epoch."""
-  return mnist_subset(mnist, 512, 200)
-
-
-def _train(tiny, path, seeds=(0,), sweep=False, config=CONFIG, **options):
-  options.setdefault('tensorboard', False)
-  options.setdefault('checkpoint_every', 1)
-  return train(config, list(seeds), Layout(str(path), sweep=sweep), RunOptions(**options),
-               sweep_line if sweep else epoch_line, started=0.0, dataset=tiny)
+# run.train on the `tiny` data, this module's CONFIG unless given.
+_train = functools.partial(train_tiny, config=CONFIG)
 
 
 @pytest.mark.slow
