@@ -312,10 +312,10 @@ def test_a_process_lost_in_training_is_one_line_and_the_survivor_stops_at_once(t
   run = _two_process_sweep_with(tmp_path, cache_dir, '''
 if os.environ.get('PROCESS_ID') == '1':
   from mlp_jax import driver
-  def agree(*args, **kwargs):  # after its first epoch, before the processes agree
+  def begin(*args, **kwargs):  # as its first epoch starts
     print('process 1: dying in training', file=sys.stderr, flush=True)
     os._exit(4)
-  driver.agree = agree''', grace='30')
+  driver.RecordSink.begin = begin''', grace='30')
   assert run.proc.returncode == 4, run.stderr
   assert re.search(r'^\[p0\] mlp_jax: process 0 of 2 lost process 1 of the job \(.*Connection '
                    r'closed by peer .*\); stopping now: run the same command again to resume '
