@@ -163,12 +163,22 @@ def _written_before_markers(path: str, kind: str) -> bool:
           (not os.path.exists(environment) or _written_by_us(environment, _is_environment)))
 
 
+def _in_progress(name: str) -> bool:
+  """Whether `name` is the temporary file of an atomic write of one of the files a
+  folder is prepared with (records.write_bytes_atomic): in a multi-process job,
+  process 0 writes them while the others check the folder."""
+  stem, dot, pid = name.rpartition('.tmp')
+  return bool(dot) and pid.isdigit() and stem in (
+      records.MARKER_FILE, records.CONFIG_FILE, records.SWEEP_FILE, records.ENVIRONMENT_FILE)
+
+
 def _contents(path: str) -> List[str]:
-  """The entries of the folder `path` but the lock files (which any run may leave)."""
+  """The entries of the folder `path` but the lock files (which any run may leave) and
+  the settings files being written (_in_progress)."""
   if not os.path.isdir(path):
     return []
   return sorted(n for n in os.listdir(path)
-                if n != LOCK_FILE and not n.startswith(LOCK_FILE + '.'))
+                if n != LOCK_FILE and not n.startswith(LOCK_FILE + '.') and not _in_progress(n))
 
 
 def is_ours(path: str, kind: str) -> bool:

@@ -363,3 +363,18 @@ def test_a_run_whose_config_is_lost_is_not_taken_for_a_sweeps_folder(tiny, finis
     _train(tiny, path, [0, 1], sweep=True, config=CONFIG.replace(epochs=1))
   assert _one_line(error) == f'--workdir={path} holds a single run; a sweep needs its own workdir'
   assert not os.path.exists(path / records.SWEEP_FILE)
+
+
+def test_a_settings_file_being_written_by_another_process_is_not_a_foreign_file(tmp_path):
+  """In a multi-process job process 0 writes a folder's marker and settings (atomically,
+  through a temporary file) while the others check the folder: that temporary file is
+  mlp_jax's, not the user's; any other file still makes the folder foreign."""
+  from mlp_jax import workdir  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / 'seed_2'
+  folder.mkdir()
+  (folder / (records.MARKER_FILE + '.tmp29106')).write_text('{')
+  (folder / (records.CONFIG_FILE + '.tmp29106')).write_text('{')
+  assert workdir.claim(str(folder), workdir.RUN, flag='', write=False) is False
+  (folder / 'notes.tmp123').write_text('mine')
+  with pytest.raises(workdir.WorkdirError, match='holds files mlp_jax did not write'):
+    workdir.claim(str(folder), workdir.RUN, flag='', write=False)
