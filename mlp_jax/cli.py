@@ -135,8 +135,10 @@ def _exit(code: int, every_process_stops: bool = False) -> None:
   coordination service (process 0) away from processes still shutting down, and
   those abort.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  if jax.distributed.is_initialized() and not every_process_stops:
+  # A process that never imported JAX never joined a job: importing it just to ask
+  # would add a second to every usage error found before training starts.
+  jax = sys.modules.get('jax')
+  if jax is not None and jax.distributed.is_initialized() and not every_process_stops:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # pylint: disable=protected-access
