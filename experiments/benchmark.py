@@ -105,18 +105,16 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from absl import flags
-import jax
-import jax.numpy as jnp
 
-from mlp_jax import cli, environment, records
+from mlp_jax import cli, records
 from mlp_jax.config import TrainConfig
-from mlp_jax.data import load_mnist
 from mlp_jax.errors import UsageError
 from mlp_jax.grid import parse_values
 from mlp_jax.flags import reject_extra_arguments
-from mlp_jax.mesh import SeedMesh
-from mlp_jax.driver import ChunkPrograms, to_device
-from mlp_jax.train import make_trainer
+
+# JAX and what imports it (mlp_jax.environment, the driver) are imported by the
+# functions that measure, so that a bad command line is refused in a fraction of a
+# second. pylint: disable=g-import-not-at-top
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INPUT_SIZE = 784
@@ -225,6 +223,9 @@ def training_flops_per_example(hidden_sizes: Sequence[int], input_size: int = IN
 
 def matmul_peak(size: int, repeats: int) -> Dict[str, Any]:
   """GFLOP/s of a jitted float32 [size, size] @ [size, size], best of `repeats`."""
+  from mlp_jax import environment  # pylint: disable=unused-import  # first: XLA:CPU threads
+  import jax
+  import jax.numpy as jnp
   a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
   b = jax.random.normal(jax.random.PRNGKey(1), (size, size), jnp.float32)
   matmul = jax.jit(jnp.matmul)
@@ -245,6 +246,12 @@ def measure_epochs(epochs: int) -> Dict[str, Any]:
   project's compiler options); each epoch is timed to its metrics on the host,
   and the steady state is the median of all epochs but the first.
   """
+  from mlp_jax import environment  # pylint: disable=unused-import  # first: XLA:CPU threads
+  import jax
+  from mlp_jax.data import load_mnist
+  from mlp_jax.driver import ChunkPrograms, to_device
+  from mlp_jax.mesh import SeedMesh
+  from mlp_jax.train import make_trainer
   config = TrainConfig()
   mesh = SeedMesh(jax.local_devices()[:1])
   data = to_device(load_mnist(), mesh)
@@ -287,6 +294,7 @@ def run_child(module: str, args: Sequence[str], cache_dir: str, log_path: str
 
 def run_command(command: Sequence[str], cache_dir: str, log_path: str) -> Dict[str, Any]:
   """run_child's work for any command (run from the repository)."""
+  from mlp_jax import environment
   env = {**os.environ, environment.CACHE_DIR_ENV: cache_dir}
   with open(log_path, 'wb') as log:
     tick = time.perf_counter()
@@ -792,6 +800,7 @@ def run_benchmark(quick: bool, torch_python: Optional[str] = None,
   Each section records `other_cpu_fraction`, the share of the CPU other processes
   took while it ran.
   """
+  from mlp_jax import environment
   machine = environment.describe()
   print(format_header(machine), flush=True)
   if not torch_python:
@@ -932,6 +941,7 @@ def probe_device(scratch: str, cache_dir: str) -> Dict[str, Any]:
       name, driver, memory = (part.strip() for part in
                               done.stdout.strip().splitlines()[0].split(','))
       info['nvidia_smi'] = {'name': name, 'driver_version': driver, 'memory_total': memory}
+  from mlp_jax import environment
   platform_info = environment.cpu_description()
   info['cpu'] = platform_info.get('cpu')
   info['cpu_id'] = platform_info.get('cpu_id')
@@ -1043,6 +1053,8 @@ def device_bandwidth(device_kind: str) -> Optional[Tuple[str, float]]:
 def measured_copy_bandwidth(megabytes: int, repeats: int = 5) -> float:
   """Bytes/s of a jitted elementwise pass over a float32 array (read once, written
   once), best of `repeats` after a warm-up."""
+  import jax
+  import jax.numpy as jnp
   x = jnp.ones((megabytes * 2**20 // 4,), jnp.float32)
   step = jax.jit(lambda a: a + 1.0)
   step(x).block_until_ready()
@@ -1067,6 +1079,12 @@ def measure_roofline(width: int, train_rate: float, device_kind: str, backend: s
   whole operand, the training set, so this is an upper bound on the traffic; the
   estimate without that count takes the training set's bytes off each step.
   """
+  from mlp_jax import environment  # pylint: disable=unused-import  # first: XLA:CPU threads
+  import jax
+  from mlp_jax.data import load_mnist
+  from mlp_jax.driver import ChunkPrograms, to_device
+  from mlp_jax.mesh import SeedMesh
+  from mlp_jax.train import make_trainer
   config = TrainConfig()
   mesh = SeedMesh(jax.local_devices()[:1])
   data = to_device(load_mnist(), mesh)
@@ -1360,6 +1378,7 @@ def main(argv):
     if flags.FLAGS.grid_seeds < 1 or flags.FLAGS.grid_rounds < 1 or flags.FLAGS.sweep_epochs < 1:
       raise UsageError('--grid_seeds, --grid_rounds and --sweep_epochs must be at least 1')
     rates = parse_values('learning_rate', flags.FLAGS.grid_rates)
+    from mlp_jax import environment
     machine = environment.describe()
     print(format_header(machine), flush=True)
     with tempfile.TemporaryDirectory(prefix='mlp_jax_benchmark_') as scratch:
@@ -1372,6 +1391,7 @@ def main(argv):
   if flags.FLAGS.sweep_seeds is not None:
     if flags.FLAGS.sweep_seeds < 1 or flags.FLAGS.sweep_epochs < 1:
       raise UsageError('--sweep_seeds and --sweep_epochs must be at least 1')
+    from mlp_jax import environment
     machine = environment.describe()
     print(format_header(machine), flush=True)
     with tempfile.TemporaryDirectory(prefix='mlp_jax_benchmark_') as scratch:
