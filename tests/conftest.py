@@ -1,5 +1,6 @@
 """Shared fixtures: the dataset, and running the entry points as a user does."""
 
+import concurrent.futures
 import dataclasses
 import os
 import subprocess
@@ -70,6 +71,15 @@ def run_module(cache_dir):
                           capture_output=True, text=True, timeout=timeout)
 
   return run
+
+
+def side_by_side(*calls):
+  """Calls each of `calls` (functions of no argument, each running a process and
+  waiting for it) at once, and returns their results in order. Independent
+  processes overlap: a process spends its start-up on one core (imports)."""
+  with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
+    futures = [pool.submit(call) for call in calls]
+    return [future.result() for future in futures]
 
 
 def read(path, mode='r'):

@@ -1,5 +1,6 @@
 """environment.py: the XLA options the project compiles with, and what environment.json says."""
 
+import functools
 import hashlib
 import json
 import os
@@ -10,7 +11,7 @@ import sys
 import jax
 import pytest
 
-from conftest import REPO, read, without_timing
+from conftest import REPO, read, side_by_side, without_timing
 from mlp_jax import environment
 
 
@@ -100,14 +101,14 @@ def test_runs_compile_with_the_options_and_record_them(tmp_path, run_module):
   registers to prefer: the option is a no-op, same bits with jax 0.10.2 and 0.12
   (measured on an AMD EPYC without AVX-512). Not measured: AVX-512 with jax 0.12.
   """
-  runs = {}
-  for name, env in (('default', {'XLA_FLAGS': ''}),
-                    ('width256', {'XLA_FLAGS': '--xla_cpu_prefer_vector_width=256'})):
-    workdir = str(tmp_path / name)
-    result = run_module('mlp_jax.main', '--epochs=1', '--batch_norm', '--checkpoint_every=0',
-                        '--notensorboard', f'--workdir={workdir}', env=env)
+  runs = {name: str(tmp_path / name) for name in ('default', 'width256')}
+  xla_flags = {'default': '', 'width256': '--xla_cpu_prefer_vector_width=256'}
+  results = side_by_side(*(
+      functools.partial(run_module, 'mlp_jax.main', '--epochs=1', '--batch_norm',
+                        '--checkpoint_every=0', '--notensorboard', f'--workdir={runs[name]}',
+                        env={'XLA_FLAGS': xla_flags[name]}) for name in runs))
+  for result in results:
     assert result.returncode == 0, result.stderr
-    runs[name] = workdir
   recorded = {name: json.loads(read(os.path.join(w, 'environment.json')))
               for name, w in runs.items()}
   assert recorded['default']['compiler_options'] == ALL
@@ -137,12 +138,15 @@ def test_the_intra_op_thread_pool_has_a_fixed_size(tmp_path):
     return json.loads(result.stdout.splitlines()[-1])
 
   fixed = str(environment.INTRA_OP_THREADS)
-  assert child() == [fixed, {'PJRT_NPROC': fixed, 'pool': environment.INTRA_OP_THREADS}]
-  assert child(PJRT_NPROC='3') == ['3', {'PJRT_NPROC': '3', 'pool': 3}]
+  default, user_set, six_devices, too_late = side_by_side(
+      child, functools.partial(child, PJRT_NPROC='3'),
+      functools.partial(child, XLA_FLAGS='--xla_force_host_platform_device_count=6'),
+      functools.partial(child, before='import jax; jax.devices(); '))
+  assert default == [fixed, {'PJRT_NPROC': fixed, 'pool': environment.INTRA_OP_THREADS}]
+  assert user_set == ['3', {'PJRT_NPROC': '3', 'pool': 3}]
   # One thread per device at least: XLA sizes the pool max(PJRT_NPROC, devices).
-  assert child(XLA_FLAGS='--xla_force_host_platform_device_count=6') == \
-      [fixed, {'PJRT_NPROC': fixed, 'pool': 6}]
-  assert child(before='import jax; jax.devices(); ') == [None, {'PJRT_NPROC': None, 'pool': None}]
+  assert six_devices == [fixed, {'PJRT_NPROC': fixed, 'pool': 6}]
+  assert too_late == [None, {'PJRT_NPROC': None, 'pool': None}]
 
 
 @pytest.mark.slow
@@ -166,14 +170,20 @@ def test_the_bits_do_not_depend_on_the_number_of_cores(tmp_path, cache_dir, flag
                  'sys.argv = ["mlp_jax.main", *sys.argv[2:]]; '
                  'runpy.run_module("mlp_jax.main", run_name="__main__", alter_sys=True)')
   env = {k: v for k, v in os.environ.items() if k != environment.INTRA_OP_THREADS_ENV}
-  digests = []
-  for cores in (sorted(os.sched_getaffinity(0)), [min(os.sched_getaffinity(0))]):
-    workdir = tmp_path / f'cores{len(cores)}'
-    result = subprocess.run(
+  core_sets = (sorted(os.sched_getaffinity(0)), [min(os.sched_getaffinity(0))])
+
+  def pinned_run(cores):
+    return subprocess.run(
         [sys.executable, '-c', pinned_main, ','.join(map(str, cores)), '--epochs=1',
-         '--checkpoint_every=0', '--notensorboard', *flags, f'--workdir={workdir}'],
+         '--checkpoint_every=0', '--notensorboard', *flags,
+         f'--workdir={tmp_path / f"cores{len(cores)}"}'],
         cwd=REPO, capture_output=True, text=True, timeout=600,
         env={**env, 'MLP_JAX_COMPILATION_CACHE': cache_dir})
+
+  results = side_by_side(*(functools.partial(pinned_run, cores) for cores in core_sets))
+  digests = []
+  for cores, result in zip(core_sets, results):
+    workdir = tmp_path / f'cores{len(cores)}'
     assert result.returncode == 0, result.stderr
     recorded = json.loads(read(workdir / 'environment.json'))
     assert recorded['platform']['usable_cores'] == len(cores)
