@@ -73,13 +73,19 @@ def run_module(cache_dir):
   return run
 
 
-def side_by_side(*calls):
-  """Calls each of `calls` (functions of no argument, each running a process and
-  waiting for it) at once, and returns their results in order. Independent
-  processes overlap: a process spends its start-up on one core (imports)."""
-  with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
-    futures = [pool.submit(call) for call in calls]
-    return [future.result() for future in futures]
+def side_by_side(first, *others):
+  """Calls `first` and each of `others` (functions of no argument, each running a
+  process and waiting for it, or training in-process) at once; returns their
+  results in order. Independent processes overlap: a process spends its start-up
+  on one core (imports). `first` runs in this thread: in-process training installs
+  signal handlers, which only the main thread can."""
+  with concurrent.futures.ThreadPoolExecutor(len(others)) as pool:
+    futures = [pool.submit(call) for call in others]
+    try:
+      result = first()
+    finally:
+      done = [future.result() for future in futures]
+    return [result, *done]
 
 
 def read(path, mode='r'):

@@ -1,5 +1,6 @@
 """The driver in-process, on a subset of MNIST: chunks, padding, records, checkpoints, resume."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import crash_at_epoch, read, run_on_cpu_devices, without_timing
+from conftest import crash_at_epoch, read, run_on_cpu_devices, side_by_side, without_timing
 from mlp_jax import driver, records
 from mlp_jax.config import TrainConfig
 from mlp_jax.errors import UsageError
@@ -170,10 +171,11 @@ def test_a_seed_is_the_same_in_any_sweep_on_one_or_two_devices(subset, tmp_path,
   padded sweep 0-9, in the sweep 8-11 and alone, the same bits as alone on one device.
   (XLA's CSE pass is off on the CPU for this: environment.CPU_COMPILER_OPTIONS. More
   CPU devices than environment.INTRA_OP_THREADS would enlarge the thread pool.)"""
-  run_on_cpu_devices(2, _TWO_DEVICES, str(tmp_path / 'two'), cache_dir)
   single = str(tmp_path / 'one')
-  _train(subset, single, [9], sweep=False, config=TrainConfig(epochs=2), vmap_width=4,
-         checkpoint_every=0)
+  side_by_side(
+      functools.partial(_train, subset, single, [9], sweep=False, config=TrainConfig(epochs=2),
+                        vmap_width=4, checkpoint_every=0),
+      functools.partial(run_on_cpu_devices, 2, _TWO_DEVICES, str(tmp_path / 'two'), cache_dir))
   expected = (without_timing(_history(single)),
               read(os.path.join(single, records.PARAMS_FILE), 'rb'))
   for run_dir in (str(tmp_path / 'two' / 'single'),

@@ -3,6 +3,7 @@ the same everywhere, that a grid member with a split is the single run with it b
 bit, and that a grid with a split selects on validation without reading a test column."""
 
 import dataclasses
+import functools
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, read, without_timing
+from conftest import REPO, read, side_by_side, without_timing
 from mlp_jax import data, records, stats
 from mlp_jax.config import TrainConfig
 from mlp_jax.errors import UsageError
@@ -66,12 +67,16 @@ def test_the_split_is_the_same_in_every_process_and_on_any_device_count(mnist):
   same 5,000 images as this process does."""
   code = ('import jax; from mlp_jax import data; d = data.hold_out(data.load_mnist(), 5000); '
           'print(jax.device_count(), d.validation_sha256)')
+  def interpreter(**env):
+    return subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, 'JAX_PLATFORMS': 'cpu',
+                                                       **env})
+
   outputs = []
-  for env in ({'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
-               'PYTHONHASHSEED': '1'}, {'PYTHONHASHSEED': '2'}):
-    result = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True,
-                            text=True, timeout=300, env={**os.environ, 'JAX_PLATFORMS': 'cpu',
-                                                         **env})
+  for result in side_by_side(
+      functools.partial(interpreter, XLA_FLAGS='--xla_force_host_platform_device_count=2',
+                        PYTHONHASHSEED='1'),
+      functools.partial(interpreter, PYTHONHASHSEED='2')):
     assert result.returncode == 0, result.stderr
     outputs.append(result.stdout.split())
   assert [o[0] for o in outputs] == ['2', '1']
