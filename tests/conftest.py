@@ -3,8 +3,10 @@
 import concurrent.futures
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -41,17 +43,36 @@ def tiny(mnist):
 def train_tiny(tiny, path, seeds=(0,), sweep=False, config=None, **options):
   """run.train of `seeds` (a sweep if `sweep`) on `tiny` into `path`: checkpoints every
   epoch and no TensorBoard unless `options` say otherwise; returns its Outcome."""
-  from mlp_jax.run import Layout, RunOptions, epoch_line, sweep_line, train  # pylint: disable=g-import-not-at-top
+  from mlp_jax.run import Layout, epoch_line, sweep_line, train  # pylint: disable=g-import-not-at-top
   options.setdefault('tensorboard', False)
   options.setdefault('checkpoint_every', 1)
-  return train(config, list(seeds), Layout(str(path), sweep=sweep), RunOptions(**options),
+  return train(config, list(seeds), Layout(str(path), sweep=sweep), run_options(**options),
                sweep_line if sweep else epoch_line, started=0.0, dataset=tiny)
 
 
+# The session's compilation cache, and in its programs/ the traced programs, where
+# the entry points keep theirs: subprocesses find it through $MLP_JAX_COMPILATION_CACHE
+# (run_module), in-process runs through run_options, so that each program is traced
+# and compiled once a session (as a user's second run is warm too). Named here, made
+# by the cache_dir fixture: a module-level RunOptions needs the name at import.
+CACHE_DIR = os.path.join(tempfile.gettempdir(), f'mlp_jax_tests_{os.getpid()}_cache')
+PROGRAMS_DIR = os.path.join(CACHE_DIR, 'programs')  # environment.program_cache_dir
+
+
+def run_options(**options):
+  """RunOptions(**options) of an in-process run, keeping its traced programs in the
+  session's cache (the library traces every run's programs again without one)."""
+  from mlp_jax.config import RunOptions  # pylint: disable=g-import-not-at-top
+  return RunOptions(**{'program_cache_dir': PROGRAMS_DIR, **options})
+
+
 @pytest.fixture(scope='session')
-def cache_dir(tmp_path_factory):
-  """One compilation cache for the session's subprocesses (a user's second run is warm too)."""
-  return str(tmp_path_factory.mktemp('xla_cache'))
+def cache_dir():
+  """The session's compilation and program cache (CACHE_DIR), removed at its end."""
+  shutil.rmtree(CACHE_DIR, ignore_errors=True)
+  os.makedirs(CACHE_DIR)
+  yield CACHE_DIR
+  shutil.rmtree(CACHE_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope='session', autouse=True)

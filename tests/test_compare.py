@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from conftest import REPO, mnist_subset
+from conftest import REPO, mnist_subset, run_options
 
 HISTORY_HEADER = ('epoch', 'train_loss', 'train_accuracy', 'test_loss', 'test_accuracy',
                   'epoch_seconds', 'eval_seconds')
@@ -361,13 +361,13 @@ def test_real_runs(tmp_path, mnist):
   """The same real run twice is IDENTICAL; another learning rate is DIFFERENT (runs
   trained in-process, 1 epoch on 2,048 images: compare reads only their records)."""
   from mlp_jax.config import TrainConfig  # pylint: disable=g-import-not-at-top
-  from mlp_jax.run import Layout, RunOptions, epoch_line, train  # pylint: disable=g-import-not-at-top
+  from mlp_jax.run import Layout, epoch_line, train  # pylint: disable=g-import-not-at-top
   subset = mnist_subset(mnist, 2048, 1000)
   dirs = {}
   for name, learning_rate in (('a', 0.001), ('b', 0.001), ('lr', 0.002)):
     dirs[name] = str(tmp_path / name)
     train(TrainConfig(epochs=1, seed=3, learning_rate=learning_rate), [3],
-          Layout(dirs[name], sweep=False), RunOptions(tensorboard=False), epoch_line, 0.0,
+          Layout(dirs[name], sweep=False), run_options(tensorboard=False), epoch_line, 0.0,
           subset)
   same = compare(dirs['a'], dirs['b'], '--require_identical')
   assert same.returncode == 0, same.stdout + same.stderr

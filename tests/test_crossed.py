@@ -9,15 +9,15 @@ import os
 import numpy as np
 import pytest
 
-from conftest import read, without_timing
+from conftest import read, run_options, without_timing
 from mlp_jax import crossed, records, stats
 from mlp_jax.config import TrainConfig
 from mlp_jax.errors import UsageError
 from mlp_jax.grid import Grid
-from mlp_jax.run import RunOptions, train_and_evaluate
+from mlp_jax.run import train_and_evaluate
 
 CONFIG = TrainConfig(epochs=2)
-OPTIONS = RunOptions(tensorboard=False, checkpoint_every=0)
+OPTIONS = run_options(tensorboard=False, checkpoint_every=0)
 
 
 def _quietly(fn, *args, **kwargs):

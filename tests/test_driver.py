@@ -9,11 +9,12 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import crash_at_epoch, read, run_on_cpu_devices, side_by_side, without_timing
+from conftest import (crash_at_epoch, read, run_on_cpu_devices, run_options, side_by_side,
+                      without_timing)
 from mlp_jax import driver, records
 from mlp_jax.config import TrainConfig
 from mlp_jax.errors import UsageError
-from mlp_jax.run import Layout, RunOptions, epoch_line, sweep_line, train
+from mlp_jax.run import Layout, epoch_line, sweep_line, train
 from mlp_jax.train import make_trainer, map_over_seeds, seed_keys
 
 CONFIG = TrainConfig(epochs=3, batch_size=128)
@@ -21,7 +22,7 @@ CONFIG = TrainConfig(epochs=3, batch_size=128)
 
 def _train(subset, workdir, seeds, sweep=True, config=CONFIG, **options):
   options.setdefault('tensorboard', False)
-  return train(config, seeds, Layout(str(workdir), sweep=sweep), RunOptions(**options),
+  return train(config, seeds, Layout(str(workdir), sweep=sweep), run_options(**options),
                sweep_line if sweep else epoch_line, started=0.0, dataset=subset)
 
 

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 
 import mlp_jax
-from conftest import read, run_on_cpu_devices, without_timing
+from conftest import read, run_on_cpu_devices, run_options, without_timing
 from mlp_jax import records
 from mlp_jax.config import TrainConfig
 from mlp_jax.errors import UsageError
 from mlp_jax.flags import config_from_flags, define_training_flags, grid_from_flags
 from mlp_jax.grid import Grid
-from mlp_jax.run import Layout, RunOptions, epoch_line, sweep_line, train
+from mlp_jax.run import Layout, epoch_line, sweep_line, train
 
-OPTIONS = RunOptions(checkpoint_every=0, tensorboard=False)
+OPTIONS = run_options(checkpoint_every=0, tensorboard=False)
 # Two shapes (two programs) x two learning rates (traced: shared by a program), with
 # dropout on, so that both traced settings are exercised.
 GRID = Grid((('learning_rate', (1e-3, 3e-3)), ('hidden_sizes', ((32,), (16, 16)))))

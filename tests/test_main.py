@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import mlp_jax
-from conftest import mnist_subset, without_timing
+from conftest import mnist_subset, run_options, without_timing
 from mlp_jax import records
 
 
@@ -170,12 +170,12 @@ def test_short_cnn_run_learns_and_loads(tmp_path, mnist):
   and the loaded model (batch statistics in, dropout off) predicts what the run
   measured."""
   from mlp_jax.config import TrainConfig  # pylint: disable=g-import-not-at-top
-  from mlp_jax.run import Layout, RunOptions, epoch_line, train  # pylint: disable=g-import-not-at-top
+  from mlp_jax.run import Layout, epoch_line, train  # pylint: disable=g-import-not-at-top
   subset = mnist_subset(mnist, 8192, 2000)
   workdir = str(tmp_path / 'cnn')
   config = TrainConfig(model='cnn', batch_norm=True, dropout=0.25, epochs=1)
   train(config, [0], Layout(workdir, sweep=False),
-        RunOptions(checkpoint_every=0, tensorboard=False), epoch_line, 0.0, subset)
+        run_options(checkpoint_every=0, tensorboard=False), epoch_line, 0.0, subset)
   final = records.final_row(workdir)
   assert float(final['test_accuracy']) >= 0.94
   predict = mlp_jax.load_trained(workdir)

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import mnist_subset
+from conftest import mnist_subset, run_options
 from mlp_jax.config import TrainConfig
 from mlp_jax.models import CNN, MLP, Conv3x3, create_model, num_classes_of
 
@@ -114,7 +114,7 @@ def test_a_registered_model_trains_describes_and_loads(monkeypatch, mnist, tmp_p
   import mlp_jax  # pylint: disable=g-import-not-at-top
   from mlp_jax import config as settings, models, records  # pylint: disable=g-import-not-at-top
   from mlp_jax.errors import UsageError  # pylint: disable=g-import-not-at-top
-  from mlp_jax.run import RunOptions, train_and_evaluate  # pylint: disable=g-import-not-at-top
+  from mlp_jax.run import train_and_evaluate  # pylint: disable=g-import-not-at-top
   with pytest.raises(UsageError, match="--model must be one of mlp, cnn, got 'tiny'"):
     TrainConfig(model='tiny').validate()
   monkeypatch.setitem(settings.MODELS, 'tiny', Tiny)
@@ -123,7 +123,7 @@ def test_a_registered_model_trains_describes_and_loads(monkeypatch, mnist, tmp_p
   assert isinstance(models.create_model(config, 7), Tiny)
   workdir = str(tmp_path / 'tiny')
   data = mnist_subset(mnist, 512, 300)
-  train_and_evaluate(config, workdir, RunOptions(checkpoint_every=0, tensorboard=False),
+  train_and_evaluate(config, workdir, run_options(checkpoint_every=0, tensorboard=False),
                      dataset=data)
   labels = mlp_jax.load_trained(workdir)(data.test_images)
   assert labels.shape == (300,)

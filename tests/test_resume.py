@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import REPO, mnist_subset, read, without_timing
+from conftest import REPO, mnist_subset, read, run_options, without_timing
 
 EPOCHS = 3  # a kill after 2 rows lands in epoch 3: resumed from epoch 1 or 2
 
@@ -169,7 +169,7 @@ def test_full_disk_leaves_the_last_checkpoint_intact(tmp_path, monkeypatch, mnis
   (train_and_evaluate in-process, on the first 8,192 training and 2,000 test images)."""
   from mlp_jax import checkpoints, records, run  # pylint: disable=g-import-not-at-top
   from mlp_jax.config import TrainConfig  # pylint: disable=g-import-not-at-top
-  from mlp_jax.run import RunOptions, train_and_evaluate  # pylint: disable=g-import-not-at-top
+  from mlp_jax.run import train_and_evaluate  # pylint: disable=g-import-not-at-top
   from mlp_jax.workdir import WorkdirError  # pylint: disable=g-import-not-at-top
 
   real_save = checkpoints.ChunkCheckpoints.save
@@ -184,11 +184,11 @@ def test_full_disk_leaves_the_last_checkpoint_intact(tmp_path, monkeypatch, mnis
   config = TrainConfig(epochs=3, batch_size=512)
   workdir = str(tmp_path / 'run')
   with pytest.raises(WorkdirError, match='disk full'):
-    train_and_evaluate(config, workdir, RunOptions(checkpoint_every=1))
+    train_and_evaluate(config, workdir, run_options(checkpoint_every=1))
   assert records.load_config(workdir) == config
   assert len(records.read_history(os.path.join(workdir, 'history.csv')).rows) == 2
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['1']
   monkeypatch.setattr(checkpoints.ChunkCheckpoints, 'save', real_save)
-  result = train_and_evaluate(config, workdir, RunOptions(checkpoint_every=1))
+  result = train_and_evaluate(config, workdir, run_options(checkpoint_every=1))
   assert len(records.read_history(os.path.join(workdir, 'history.csv')).rows) == 3
   assert result['test_accuracy'] > 0.8

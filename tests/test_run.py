@@ -11,14 +11,15 @@ import types
 import numpy as np
 import pytest
 
+from conftest import run_options
 from mlp_jax import records, run
-from mlp_jax.config import RunOptions, TrainConfig
+from mlp_jax.config import TrainConfig
 from mlp_jax.driver import DriverTiming, Member
 from mlp_jax.errors import Interrupted
 from mlp_jax.layout import Layout
 
 CONFIG = TrainConfig(epochs=2)
-OPTIONS = RunOptions(checkpoint_every=0, tensorboard=False)
+OPTIONS = run_options(checkpoint_every=0, tensorboard=False)
 
 
 # A seed whose stand-in training diverges (its losses not finite from epoch 2 on).

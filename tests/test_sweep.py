@@ -9,10 +9,10 @@ import os
 import numpy as np
 import pytest
 
-from conftest import crash_at_epoch, read, without_timing
+from conftest import crash_at_epoch, read, run_options, without_timing
 from mlp_jax import stats
 from mlp_jax.config import TrainConfig
-from mlp_jax.run import Layout, RunOptions, epoch_line, sweep_line, train
+from mlp_jax.run import Layout, epoch_line, sweep_line, train
 
 CONFIG = TrainConfig(epochs=2)
 
@@ -23,7 +23,7 @@ def _train(subset, workdir, seeds, sweep=True, config=CONFIG, **options):
   options.setdefault('tensorboard', False)
   out = io.StringIO()
   with contextlib.redirect_stdout(out):
-    train(config, seeds, Layout(str(workdir), sweep=sweep), RunOptions(**options),
+    train(config, seeds, Layout(str(workdir), sweep=sweep), run_options(**options),
           sweep_line if sweep else epoch_line, started=0.0, dataset=subset)
   return out.getvalue()
 
@@ -137,12 +137,12 @@ def test_overwrite_with_other_seeds_leaves_no_stale_seed(subset, tmp_path, monke
   monkeypatch.setattr(run, 'load_data', lambda config: subset)
   workdir = str(tmp_path / 'sweep')
   config = CONFIG.replace(epochs=1)
-  no_tensorboard = RunOptions(tensorboard=False)
+  no_tensorboard = run_options(tensorboard=False)
   run.train_sweep(config, [0, 1], workdir, no_tensorboard)
   with pytest.raises(WorkdirError, match='seeds'):
     run.train_sweep(config, [1, 2], workdir, no_tensorboard)
   capsys.readouterr()
-  run.train_sweep(config, [1, 2], workdir, RunOptions(tensorboard=False, overwrite=True))
+  run.train_sweep(config, [1, 2], workdir, run_options(tensorboard=False, overwrite=True))
   result = capsys.readouterr().out
   assert sorted(p for p in os.listdir(workdir) if p.startswith('seed_')) == ['seed_1', 'seed_2']
   assert [r['seed'] for r in csv.DictReader(open(os.path.join(workdir, 'final.csv')))] == ['1', '2']
@@ -241,7 +241,7 @@ def test_extending_a_grid_adds_the_seeds_to_every_point(subset, tmp_path):
   grid = Grid((('learning_rate', (0.001, 0.003)),))
   workdir = tmp_path / 'grid'
   config = CONFIG.replace(epochs=1)
-  options = RunOptions(tensorboard=False, checkpoint_every=0)
+  options = run_options(tensorboard=False, checkpoint_every=0)
   run = lambda seeds: train(config, seeds, Layout(str(workdir), sweep=True), options,
                             sweep_line, started=0.0, dataset=subset, grid=grid)
   with contextlib.redirect_stdout(io.StringIO()):

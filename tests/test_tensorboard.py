@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, run_options
 from mlp_jax.tensorboard import EpochWriter
 
 TAGS = {'train_loss': 'loss/train', 'train_accuracy': 'accuracy/train',
@@ -133,12 +133,12 @@ def _metric_values(run):
 @pytest.mark.slow  # a grid of 4 members trained in-process: ~30 s on 2 busy cores
 def test_a_grid_sweep_reads_as_an_hparams_table_in_tensorboard(subset, tmp_path):
   from mlp_jax import records  # pylint: disable=g-import-not-at-top
-  from mlp_jax.config import RunOptions, TrainConfig  # pylint: disable=g-import-not-at-top
+  from mlp_jax.config import TrainConfig  # pylint: disable=g-import-not-at-top
   from mlp_jax.grid import Grid  # pylint: disable=g-import-not-at-top
   from mlp_jax.run import Layout, sweep_line, train  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path / 'grid')
   train(TrainConfig(epochs=1), [0, 1], Layout(workdir, sweep=True),
-        RunOptions(checkpoint_every=0, tensorboard=True), sweep_line, 0.0, subset,
+        run_options(checkpoint_every=0, tensorboard=True), sweep_line, 0.0, subset,
         grid=Grid((('learning_rate', (1e-3, 3e-3)),)))
   experiment, groups = _hparams_table(workdir)
   [info] = experiment.hparam_infos

@@ -12,15 +12,15 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, read, side_by_side, without_timing
+from conftest import REPO, read, run_options, side_by_side, without_timing
 from mlp_jax import data, records, stats
 from mlp_jax.config import TrainConfig
 from mlp_jax.errors import UsageError
 from mlp_jax.grid import Grid
-from mlp_jax.run import (Layout, RunOptions, epoch_line, planning_lines, points_table,
+from mlp_jax.run import (Layout, epoch_line, planning_lines, points_table,
                          sweep_line, train, write_summaries)
 
-OPTIONS = RunOptions(checkpoint_every=0, tensorboard=False)
+OPTIONS = run_options(checkpoint_every=0, tensorboard=False)
 HELD_OUT = 500
 CONFIG = TrainConfig(epochs=2, validation_size=HELD_OUT)
 GRID = Grid((('learning_rate', (1e-3, 4e-3)),))
