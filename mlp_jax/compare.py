@@ -893,18 +893,19 @@ def write_report(path: str, report: Mapping[str, Any]) -> None:
     raise UsageError(f'--json={path}: cannot write ({e.strerror or e})') from None
 
 
-def main(argv: Sequence[str]) -> None:
+def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
+  """The command: argv[1:] the two directories, the flags parsed into `flag_values`."""
   paths = argv[1:]
   if len(paths) != 2:
     raise UsageError('expected two directories, each a run or a sweep: python -m '
                      'mlp_jax.compare A B [--require_identical] [--output=compare.png]')
-  plot = output_path(FLAGS.output)
-  target = FLAGS.target_difference
+  plot = output_path(flag_values.output)
+  target = flag_values.target_difference
   if target is not None and not target > 0:
     raise UsageError(f'--target_difference={target:g}: expected a difference of accuracy '
                      '> 0 (a fraction, e.g. 0.002 for 0.2 points)')
-  if FLAGS.json and not os.path.isdir(os.path.dirname(os.path.abspath(FLAGS.json))):
-    raise UsageError(f'--json={FLAGS.json}: its directory does not exist')
+  if flag_values.json and not os.path.isdir(os.path.dirname(os.path.abspath(flag_values.json))):
+    raise UsageError(f'--json={flag_values.json}: its directory does not exist')
   a, b = load_side(paths[0]), load_side(paths[1])
   report = {'a': a.path, 'b': b.path}
   lines, reasons, size = compare(a, b, target, report)
@@ -917,13 +918,13 @@ def main(argv: Sequence[str]) -> None:
     verdict = f'DIFFERENT ({"; ".join(reasons)})'
   else:
     verdict = f'IDENTICAL (bit for bit: {size}, timing columns aside)'
-  if FLAGS.json:
-    write_report(FLAGS.json, {**report, 'verdict': verdict, 'identical': not reasons,
-                              'reasons': reasons})
-    print(f'json: {FLAGS.json}')
+  if flag_values.json:
+    write_report(flag_values.json, {**report, 'verdict': verdict, 'identical': not reasons,
+                                    'reasons': reasons})
+    print(f'json: {flag_values.json}')
   print(f'verdict: {verdict}')
   sys.stdout.flush()
-  if reasons and FLAGS.require_identical:
+  if reasons and flag_values.require_identical:
     sys.exit(1)
 
 

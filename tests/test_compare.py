@@ -1,12 +1,16 @@
-"""python -m experiments.compare on hand-written run and sweep directories, and on real runs."""
+"""mlp_jax.compare on hand-written run and sweep directories, and on real runs: in this
+process, and as the command a user runs (`python -m experiments.compare`)."""
 
+import contextlib
 import copy
+import io
 import json
 import os
 import re
 import subprocess
 import sys
 
+from absl import flags
 import numpy as np
 import pytest
 from scipy import stats as scipy_stats
@@ -88,10 +92,32 @@ def write_sweep(path, final_accuracies, epochs=3, config=None, environment=None)
   return str(path)
 
 
-def compare(*args, cwd=REPO, plot=None):
+def _output_flag(plot):
+  return f'--output={plot}' if plot else '--output='
+
+
+def compare(*args, plot=None):
+  """The tool on `args` in this process, its flags parsed on their own as its command
+  line sets them: a CompletedProcess of what it printed and its exit status. Draws
+  to `plot` if given, else (quicker) no picture. A usage error raises here: bad
+  command lines go through compare_command, as a user meets them."""
+  from mlp_jax import compare as tool  # pylint: disable=g-import-not-at-top
+  flag_values = flags.FlagValues()
+  tool.define_flags(flag_values)
+  argv = flag_values(['compare', *map(str, args), _output_flag(plot)])
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):
+    try:
+      tool.main(argv, flag_values)
+      status = 0
+    except SystemExit as e:
+      status = e.code
+  return subprocess.CompletedProcess(args, status, printed.getvalue(), '')
+
+
+def compare_command(*args, cwd=REPO, plot=None):
   """Runs the tool as a user does; draws to `plot` if given, else (quicker) no picture."""
-  command = [sys.executable, '-m', 'experiments.compare', *map(str, args)]
-  command += [f'--output={plot}' if plot else '--output=']
+  command = [sys.executable, '-m', 'experiments.compare', *map(str, args), _output_flag(plot)]
   env = {**os.environ, 'PYTHONPATH': REPO}
   return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
@@ -124,8 +150,8 @@ def test_helpers():
 @pytest.mark.slow
 def test_identical_runs(tmp_path):
   a, b = write_run(tmp_path / 'a', seed=4), write_run(tmp_path / 'b', seed=4)
-  for flag in ([], ['--require_identical']):
-    result = compare(a, b, *flag, plot=tmp_path / 'compare.png')
+  for run_compare, flag in ((compare, []), (compare_command, ['--require_identical'])):
+    result = run_compare(a, b, *flag, plot=tmp_path / 'compare.png')
     assert result.returncode == 0, result.stderr
     assert verdict(result) == ('verdict: IDENTICAL (bit for bit: 1 seed x 3 epochs, '
                                'timing columns aside)')
@@ -147,7 +173,7 @@ def test_one_ulp_in_one_cell_is_different(tmp_path):
   assert verdict(result) == 'verdict: DIFFERENT (test_accuracy differs in 1 of 3 cells)'
   assert re.search(r'^  test_accuracy +5e-08 +1 of 3  epoch 2$', result.stdout, re.M), (
       result.stdout)
-  strict = compare(a, b, '--require_identical')
+  strict = compare_command(a, b, '--require_identical')
   assert strict.returncode == 1 and strict.stderr == ''
   assert verdict(strict).startswith('verdict: DIFFERENT')
 
@@ -343,8 +369,8 @@ def _bad_cell(path):
 def test_bad_input_is_one_line_and_exit_2(tmp_path, make_b, expected):
   a = write_run(tmp_path / 'a')
   (tmp_path / 'b').mkdir()
-  result = compare(a, make_b(tmp_path / 'b'), '--require_identical',
-                   plot=tmp_path / 'compare.png')
+  result = compare_command(a, make_b(tmp_path / 'b'), '--require_identical',
+                           plot=tmp_path / 'compare.png')
   assert result.returncode == 2
   assert result.stderr.startswith('error: ') and expected in result.stderr, result.stderr
   assert len(result.stderr.strip().splitlines()) == 1 and 'Traceback' not in result.stderr
@@ -352,7 +378,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, make_b, expected):
 
 
 def test_one_directory_is_a_usage_error(tmp_path):
-  result = compare(write_run(tmp_path / 'a'))
+  result = compare_command(write_run(tmp_path / 'a'))
   assert result.returncode == 2 and 'expected two directories' in result.stderr
 
 
@@ -490,7 +516,7 @@ def test_two_runs_without_models_say_why_mcnemar_did_not_run(tmp_path):
 ])
 def test_bad_statistics_flags_are_one_line_and_exit_2(tmp_path, flag, expected):
   a = write_sweep(tmp_path / 'a', {0: 0.97, 1: 0.971})
-  result = compare(a, a, flag)
+  result = compare_command(a, a, flag)
   assert result.returncode == 2 and result.stdout == ''
   assert result.stderr.startswith('error: ') and expected in result.stderr, result.stderr
   assert len(result.stderr.strip().splitlines()) == 1
