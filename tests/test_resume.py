@@ -144,17 +144,6 @@ def test_concurrent_use_is_refused(tmp_path, cache_dir):
 
 
 @pytest.mark.slow
-def test_overwrite_starts_over(reference, tmp_path, run_module):
-  workdir = tmp_path / 'run'
-  assert run_module('mlp_jax.main', '--epochs=1', f'--workdir={workdir}').returncode == 0
-  result = run_module('mlp_jax.main', '--epochs=2', '--overwrite', '--checkpoint_every=1',
-                      f'--workdir={workdir}')
-  assert result.returncode == 0, result.stderr
-  assert len(read(workdir / 'history.csv').splitlines()) == 3
-  assert sorted(os.listdir(workdir / 'checkpoints')) == ['1', '2']
-
-
-@pytest.mark.slow
 def test_unwritable_workdir(tmp_path, run_module):
   blocker = tmp_path / 'a_file'
   blocker.write_text('not a directory')

@@ -153,6 +153,20 @@ def test_overwrite_deletes_only_the_runs_own_records(tiny, finished, tmp_path):
   assert records.load_config(str(path)).learning_rate == 0.01 and records.is_complete(str(path))
 
 
+def test_overwrite_starts_over(tiny, tmp_path):
+  """Other settings with --overwrite: nothing of the old run is kept or resumed from;
+  the new run's history and checkpoints are those of a run in an empty workdir."""
+  from conftest import without_timing  # pylint: disable=g-import-not-at-top
+  path, fresh = tmp_path / 'run', tmp_path / 'fresh'
+  _train(tiny, path, config=CONFIG.replace(learning_rate=0.01))
+  _train(tiny, path, overwrite=True)
+  _train(tiny, fresh)
+  assert without_timing(read(path / records.HISTORY_FILE)) == \
+      without_timing(read(fresh / records.HISTORY_FILE))
+  assert read(path / records.PARAMS_FILE, 'rb') == read(fresh / records.PARAMS_FILE, 'rb')
+  assert sorted(os.listdir(path / 'checkpoints')) == ['1', '2']
+
+
 def test_a_run_written_before_markers_still_resumes(tiny, finished, tmp_path):
   import shutil  # pylint: disable=g-import-not-at-top
   path = tmp_path / 'run'
