@@ -94,6 +94,68 @@ def run_module(cache_dir):
   return run
 
 
+# A command that a test checks end to end, long but mostly one core's work (say, a
+# check that runs a dozen processes one after another): `@pytest.mark.started_early(
+# module, *args)` starts `python -m module args --output=DIR/result.json` as soon as
+# the tests are collected and runs its test last, so that the rest of the suite runs
+# meanwhile; the test gets it from the `started_early` fixture.
+_STARTED = pytest.StashKey()
+
+
+class StartedEarly:
+  """A command started at collection, in a directory of its own (removed at the end)."""
+
+  def __init__(self, module, *args):
+    self.directory = tempfile.mkdtemp(prefix='mlp_jax_test_early_')
+    self.output = os.path.join(self.directory, 'result.json')
+    self._log = open(os.path.join(self.directory, 'log.txt'), 'w+')  # pylint: disable=consider-using-with
+    self.process = subprocess.Popen(
+        [sys.executable, '-m', module, *args, f'--output={self.output}'], cwd=REPO,
+        stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, text=True)
+
+  def result(self, timeout):
+    """(exit code, everything it printed), once it has ended."""
+    try:
+      self.process.wait(timeout=timeout)
+    finally:
+      self.process.kill()
+      self.process.wait()
+    self._log.seek(0)
+    return self.process.returncode, self._log.read()
+
+  def close(self):
+    self.process.kill()
+    self.process.wait()
+    self._log.close()
+    shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(items):
+  items.sort(key=lambda item: item.get_closest_marker('started_early') is not None)
+
+
+def pytest_collection_finish(session):
+  if session.config.option.collectonly:
+    return
+  for item in session.items:
+    marker = item.get_closest_marker('started_early')
+    if marker is not None:
+      item.stash[_STARTED] = StartedEarly(*marker.args)
+
+
+def pytest_sessionfinish(session):
+  for item in session.items:
+    started = item.stash.get(_STARTED, None)
+    if started is not None:
+      started.close()
+
+
+@pytest.fixture
+def started_early(request):
+  """The StartedEarly of this test's `started_early` marker."""
+  return request.node.stash[_STARTED]
+
+
 def side_by_side(first, *others):
   """Calls `first` and each of `others` (functions of no argument, each running a
   process and waiting for it, or training in-process) at once; returns their

@@ -316,12 +316,11 @@ def test_bad_accelerator_sizes_are_one_clear_line(args, expected, run_module, tm
 
 
 @pytest.mark.slow  # 13 processes, each importing jax: ~1 min on 2 idle cores
-def test_the_accelerator_check_runs_every_part_at_its_cpu_size(run_module, tmp_path):
-  output = tmp_path / 'check.json'
-  result = run_module('experiments.benchmark', '--accelerator', '--accelerator_seeds=1',
-                      f'--output={output}', timeout=600)
-  assert result.returncode == 0, result.stderr[-2000:]
-  with open(output) as f:
+@pytest.mark.started_early('experiments.benchmark', '--accelerator', '--accelerator_seeds=1')
+def test_the_accelerator_check_runs_every_part_at_its_cpu_size(started_early):
+  returncode, printed = started_early.result(timeout=900)
+  assert returncode == 0, printed[-2000:]
+  with open(started_early.output) as f:
     check = json.load(f)
   assert {'device', 'sweep', 'roofline', 'replay', 'determinism', 'precision',
           'grid'} <= set(check)
@@ -346,7 +345,7 @@ def test_the_accelerator_check_runs_every_part_at_its_cpu_size(run_module, tmp_p
   assert roofline['bytes_per_seed_epoch'] == pytest.approx(
       roofline['program_bytes_accessed'] * roofline['steps_per_epoch'] /
       roofline['program_width'])
-  with open(tmp_path / 'check.md') as f:
+  with open(os.path.join(started_early.directory, 'result.md')) as f:
     table = f.read()
   assert check['complete'] is True
   assert table.startswith('Device: cpu x 1 (cpu)') and '| replay |' in table

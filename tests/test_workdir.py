@@ -274,14 +274,14 @@ def test_identity_is_never_claimed_against_an_incomplete_run(tmp_path):
 
 def test_a_bad_output_is_one_line_before_anything_is_done(tmp_path):
   from mlp_jax.compare import output_path  # pylint: disable=g-import-not-at-top
-  from test_compare import compare, write_run  # pylint: disable=g-import-not-at-top
+  from test_compare import compare_command, write_run  # pylint: disable=g-import-not-at-top
   for output, expected in (('picture', "got 'no extension'"),
                            (str(tmp_path / 'missing') + os.sep, 'no such directory'),
                            (str(tmp_path / 'missing' / 'a.png'), 'does not exist')):
     with pytest.raises(UsageError, match=expected):
       output_path(output)
   a, b = write_run(tmp_path / 'a'), write_run(tmp_path / 'b')
-  result = compare(a, b, cwd=tmp_path, plot='picture.unknown')
+  result = compare_command(a, b, cwd=tmp_path, plot='picture.unknown')
   assert result.returncode == 2 and result.stdout == '', result.stdout
   assert result.stderr == ("error: --output=picture.unknown: expected a file ending in .png, "
                            ".pdf, .svg (or .svgz, .eps, .ps, .jpg, .jpeg, .tif, .tiff, .webp) "
