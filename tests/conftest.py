@@ -50,10 +50,10 @@ def train_tiny(tiny, path, seeds=(0,), sweep=False, config=None, **options):
                sweep_line if sweep else epoch_line, started=0.0, dataset=tiny)
 
 
-# The session's compilation cache, and in its programs/ the traced programs, where
+# The test run's compilation cache, and in its programs/ the traced programs, where
 # the entry points keep theirs: subprocesses find it through $MLP_JAX_COMPILATION_CACHE
 # (run_module), in-process runs through run_options, so that each program is traced
-# and compiled once a session (as a user's second run is warm too). Named here, made
+# and compiled once per pytest (as a user's second run is warm too). Named here, made
 # by the cache_dir fixture: a module-level RunOptions needs the name at import.
 CACHE_DIR = os.path.join(tempfile.gettempdir(), f'mlp_jax_tests_{os.getpid()}_cache')
 PROGRAMS_DIR = os.path.join(CACHE_DIR, 'programs')  # environment.program_cache_dir
@@ -61,14 +61,14 @@ PROGRAMS_DIR = os.path.join(CACHE_DIR, 'programs')  # environment.program_cache_
 
 def run_options(**options):
   """RunOptions(**options) of an in-process run, keeping its traced programs in the
-  session's cache (the library traces every run's programs again without one)."""
+  test run's cache (the library traces every run's programs again without one)."""
   from mlp_jax.config import RunOptions  # pylint: disable=g-import-not-at-top
   return RunOptions(**{'program_cache_dir': PROGRAMS_DIR, **options})
 
 
 @pytest.fixture(scope='session')
 def cache_dir():
-  """The session's compilation and program cache (CACHE_DIR), removed at its end."""
+  """The test run's compilation and program cache (CACHE_DIR), removed at its end."""
   shutil.rmtree(CACHE_DIR, ignore_errors=True)
   os.makedirs(CACHE_DIR)
   yield CACHE_DIR
