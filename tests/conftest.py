@@ -94,24 +94,26 @@ def run_module(cache_dir):
   return run
 
 
-# A command that a test checks end to end, long but mostly one core's work (say, a
-# check that runs a dozen processes one after another): `@pytest.mark.started_early(
-# module, *args)` starts `python -m module args --output=DIR/result.json` as soon as
-# the tests are collected and runs its test last, so that the rest of the suite runs
-# meanwhile; the test gets it from the `started_early` fixture.
+# A process that a test checks, long but mostly one core's work (a check that runs a
+# dozen processes one after another, a program compiled for two devices):
+# `@pytest.mark.started_early(*python_args, env={...})` starts `python python_args`
+# ('{directory}' in an argument replaced by a directory of its own) as soon as the tests
+# are collected and runs its test last, so that the rest of the suite runs meanwhile;
+# the test gets it from the `started_early` fixture.
 _STARTED = pytest.StashKey()
 
 
 class StartedEarly:
-  """A command started at collection, in a directory of its own (removed at the end)."""
+  """A process started at collection, in a directory of its own (removed at the end)."""
 
-  def __init__(self, module, *args):
+  def __init__(self, *python_args, env=None):
     self.directory = tempfile.mkdtemp(prefix='mlp_jax_test_early_')
-    self.output = os.path.join(self.directory, 'result.json')
-    self._log = open(os.path.join(self.directory, 'log.txt'), 'w+')  # pylint: disable=consider-using-with
+    # Read by result(), closed by close(). pylint: disable-next=consider-using-with
+    self._log = open(os.path.join(self.directory, 'log.txt'), 'w+')
     self.process = subprocess.Popen(
-        [sys.executable, '-m', module, *args, f'--output={self.output}'], cwd=REPO,
-        stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, text=True)
+        [sys.executable, *(a.replace('{directory}', self.directory) for a in python_args)],
+        cwd=REPO, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
+        stdout=self._log, stderr=subprocess.STDOUT, text=True)
 
   def result(self, timeout):
     """(exit code, everything it printed), once it has ended."""
@@ -140,7 +142,7 @@ def pytest_collection_finish(session):
   for item in session.items:
     marker = item.get_closest_marker('started_early')
     if marker is not None:
-      item.stash[_STARTED] = StartedEarly(*marker.args)
+      item.stash[_STARTED] = StartedEarly(*marker.args, **marker.kwargs)
 
 
 def pytest_sessionfinish(session):
@@ -200,29 +202,28 @@ def crash_at_epoch(monkeypatch, epoch):
   monkeypatch.setattr(sink.RecordSink, 'write', write)
 
 
-# What a script run by run_on_cpu_devices starts with: `subset` as the fixture's,
-# `root` the directory to write in, the compilation cache of the session.
+# What a script started by started_on_cpu_devices begins with: `subset` as the
+# fixture's, `root` the directory to write in, a compilation cache of its own there.
 _DEVICES_PREAMBLE = """
 import os, sys
-sys.path.insert(0, os.path.join(sys.argv[4], 'tests'))
+sys.path.insert(0, os.path.join(sys.argv[3], 'tests'))
 import jax
 from conftest import mnist_subset
 from mlp_jax import environment
 from mlp_jax.config import TrainConfig
 from mlp_jax.data import load_mnist
 from mlp_jax.run import Layout, RunOptions, epoch_line, sweep_line, train
-assert jax.device_count() == int(sys.argv[3]), jax.devices()
-environment.enable_compilation_cache(sys.argv[2])
-subset = mnist_subset(load_mnist(), 2048, 1000)
+assert jax.device_count() == int(sys.argv[2]), jax.devices()
 root = sys.argv[1]
+environment.enable_compilation_cache(os.path.join(root, 'xla_cache'))
+subset = mnist_subset(load_mnist(), 2048, 1000)
 """
 
 
-def run_on_cpu_devices(devices: int, script: str, root: str, cache_dir: str) -> None:
-  """Runs `script` in a new Python with `devices` CPU devices (XLA_FLAGS), after a
-  preamble defining `subset`, `root` and the training imports; asserts it succeeds."""
-  env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'}
-  result = subprocess.run([sys.executable, '-c', _DEVICES_PREAMBLE + script, root, cache_dir,
-                           str(devices), REPO], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
+def started_on_cpu_devices(devices: int, script: str):
+  """The started_early marker of `script` run in a new Python with `devices` CPU
+  devices (XLA_FLAGS), after a preamble defining `subset`, `root` (the process's
+  directory) and the training imports."""
+  return pytest.mark.started_early(
+      '-c', _DEVICES_PREAMBLE + script, '{directory}', str(devices), REPO,
+      env={'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'})

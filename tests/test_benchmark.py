@@ -316,11 +316,12 @@ def test_bad_accelerator_sizes_are_one_clear_line(args, expected, run_module, tm
 
 
 @pytest.mark.slow  # 13 processes, each importing jax: ~1 min on 2 idle cores
-@pytest.mark.started_early('experiments.benchmark', '--accelerator', '--accelerator_seeds=1')
+@pytest.mark.started_early('-m', 'experiments.benchmark', '--accelerator', '--accelerator_seeds=1',
+                           '--output={directory}/check.json')
 def test_the_accelerator_check_runs_every_part_at_its_cpu_size(started_early):
   returncode, printed = started_early.result(timeout=900)
   assert returncode == 0, printed[-2000:]
-  with open(started_early.output) as f:
+  with open(os.path.join(started_early.directory, 'check.json')) as f:
     check = json.load(f)
   assert {'device', 'sweep', 'roofline', 'replay', 'determinism', 'precision',
           'grid'} <= set(check)
@@ -345,7 +346,7 @@ def test_the_accelerator_check_runs_every_part_at_its_cpu_size(started_early):
   assert roofline['bytes_per_seed_epoch'] == pytest.approx(
       roofline['program_bytes_accessed'] * roofline['steps_per_epoch'] /
       roofline['program_width'])
-  with open(os.path.join(started_early.directory, 'result.md')) as f:
+  with open(os.path.join(started_early.directory, 'check.md')) as f:
     table = f.read()
   assert check['complete'] is True
   assert table.startswith('Device: cpu x 1 (cpu)') and '| replay |' in table

@@ -1,6 +1,5 @@
 """The driver in-process, on a subset of MNIST: chunks, padding, records, checkpoints, resume."""
 
-import functools
 import os
 import subprocess
 import sys
@@ -9,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import (crash_at_epoch, read, run_on_cpu_devices, run_options, side_by_side,
+from conftest import (crash_at_epoch, read, run_options, started_on_cpu_devices,
                       without_timing)
 from mlp_jax import driver, records
 from mlp_jax.config import TrainConfig
@@ -167,21 +166,22 @@ train(TrainConfig(epochs=2, seed=9), [9], Layout(os.path.join(root, 'single'), s
 
 
 @pytest.mark.slow
-def test_a_seed_is_the_same_in_any_sweep_on_one_or_two_devices(subset, tmp_path, cache_dir):
+@started_on_cpu_devices(2, _TWO_DEVICES)
+def test_a_seed_is_the_same_in_any_sweep_on_one_or_two_devices(subset, tmp_path, started_early):
   """Seed 9 at width 4 on 2 host devices (the chunk's groups split over them): in the
   padded sweep 0-9, in the sweep 8-11 and alone, the same bits as alone on one device.
   (XLA's CSE pass is off on the CPU for this: environment.CPU_COMPILER_OPTIONS. More
   CPU devices than environment.INTRA_OP_THREADS would enlarge the thread pool.)"""
   single = str(tmp_path / 'one')
-  side_by_side(
-      functools.partial(_train, subset, single, [9], sweep=False, config=TrainConfig(epochs=2),
-                        vmap_width=4, checkpoint_every=0),
-      functools.partial(run_on_cpu_devices, 2, _TWO_DEVICES, str(tmp_path / 'two'), cache_dir))
+  _train(subset, single, [9], sweep=False, config=TrainConfig(epochs=2), vmap_width=4,
+         checkpoint_every=0)
+  returncode, printed = started_early.result(timeout=600)
+  assert returncode == 0, printed[-3000:]
+  two = started_early.directory
   expected = (without_timing(_history(single)),
               read(os.path.join(single, records.PARAMS_FILE), 'rb'))
-  for run_dir in (str(tmp_path / 'two' / 'single'),
-                  records.seed_dir(str(tmp_path / 'two' / '0-9'), 9),
-                  records.seed_dir(str(tmp_path / 'two' / '8-11'), 9)):
+  for run_dir in (os.path.join(two, 'single'), records.seed_dir(os.path.join(two, '0-9'), 9),
+                  records.seed_dir(os.path.join(two, '8-11'), 9)):
     assert (without_timing(_history(run_dir)),
             read(os.path.join(run_dir, records.PARAMS_FILE), 'rb')) == expected, run_dir
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import mlp_jax
-from conftest import read, run_on_cpu_devices, run_options, without_timing
+from conftest import read, run_options, started_on_cpu_devices, without_timing
 from mlp_jax import records
 from mlp_jax.config import TrainConfig
 from mlp_jax.errors import UsageError
@@ -204,17 +204,20 @@ def test_compare_points_from_a_grid_to_its_members(grid_sweep):
 _TWO_DEVICES = """
 from mlp_jax.grid import Grid
 grid = Grid((('learning_rate', (1e-3, 3e-3)), ('hidden_sizes', ((32,), (16, 16)))))
-train(TrainConfig(epochs=2, dropout=0.1), [0, 1], Layout(root, sweep=True),
+train(TrainConfig(epochs=2, dropout=0.1), [0, 1], Layout(os.path.join(root, 'grid'), sweep=True),
       RunOptions(checkpoint_every=0, tensorboard=False), sweep_line, 0.0, subset, grid=grid)
 """
 
 
 @pytest.mark.slow
-def test_a_grid_over_two_devices_is_the_grid_on_one(grid_sweep, tmp_path, cache_dir):
+@started_on_cpu_devices(2, _TWO_DEVICES)
+def test_a_grid_over_two_devices_is_the_grid_on_one(grid_sweep, started_early):
   """Members split over two devices (one chunk of 4 per program, 2 per device) have
   the bits of the one-device grid."""
   assert GRID.axes[0][1] == (1e-3, 3e-3) and CONFIG == TrainConfig(epochs=2, dropout=0.1)
-  run_on_cpu_devices(2, _TWO_DEVICES, str(tmp_path), cache_dir)
+  returncode, printed = started_early.result(timeout=600)
+  assert returncode == 0, printed[-3000:]
   for member in records.sweep_run_dirs(records.read_json_object(
       os.path.join(grid_sweep, records.SWEEP_FILE))):
-    assert _record(os.path.join(tmp_path, member)) == _record(os.path.join(grid_sweep, member))
+    assert _record(os.path.join(started_early.directory, 'grid', member)) == \
+        _record(os.path.join(grid_sweep, member))
