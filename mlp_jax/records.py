@@ -216,9 +216,19 @@ def history_rows(epoch: int, metrics: Mapping[str, np.ndarray], examples: Mappin
   } for i in range(len(metrics[TIMING_COLUMNS[0]]))]
 
 
+# write_bytes_atomic writes `<name>` through `<name><TEMPORARY_INFIX><pid>` beside it.
+TEMPORARY_INFIX = '.tmp'
+
+
+def being_written(name: str) -> Optional[str]:
+  """The file whose write_bytes_atomic `name` is the temporary file of, else None."""
+  stem, infix, pid = name.rpartition(TEMPORARY_INFIX)
+  return stem if infix and pid.isdigit() else None
+
+
 def write_bytes_atomic(path: str, data: bytes) -> None:
   """Writes `data` to `path` via a temporary file, fsync and a rename."""
-  tmp = f'{path}.tmp{os.getpid()}'
+  tmp = f'{path}{TEMPORARY_INFIX}{os.getpid()}'
   try:
     with open(tmp, 'wb') as f:
       f.write(data)

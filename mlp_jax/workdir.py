@@ -167,9 +167,8 @@ def _in_progress(name: str) -> bool:
   """Whether `name` is the temporary file of an atomic write of one of the files a
   folder is prepared with (records.write_bytes_atomic): in a multi-process job,
   process 0 writes them while the others check the folder."""
-  stem, dot, pid = name.rpartition('.tmp')
-  return bool(dot) and pid.isdigit() and stem in (
-      records.MARKER_FILE, records.CONFIG_FILE, records.SWEEP_FILE, records.ENVIRONMENT_FILE)
+  return records.being_written(name) in (records.MARKER_FILE, records.CONFIG_FILE,
+                                         records.SWEEP_FILE, records.ENVIRONMENT_FILE)
 
 
 def _contents(path: str) -> List[str]:

@@ -75,6 +75,18 @@ def test_write_bytes_atomic_replaces_whole_and_leaves_no_temporary(tmp_path):
   assert os.listdir(tmp_path) == ['f.bin']
 
 
+def test_the_temporary_file_of_a_write_names_the_file_written(tmp_path, monkeypatch):
+  seen = []
+  real_replace = os.replace
+  monkeypatch.setattr(os, 'replace', lambda a, b: (seen.append(os.path.basename(a)),
+                                                   real_replace(a, b)))
+  records.write_bytes_atomic(str(tmp_path / 'config.json'), b'{}')
+  assert seen == [f'config.json.tmp{os.getpid()}']
+  assert records.being_written(seen[0]) == 'config.json'
+  for name in ('config.json', 'config.json.tmp', 'config.json.tmpx1', 'notes.tmp.txt'):
+    assert records.being_written(name) is None, name
+
+
 def test_json_objects_round_trip_and_bad_ones_are_named(tmp_path):
   path = str(tmp_path / 'a.json')
   records.write_json(path, {'b': [1, 2], 'a': 'x'})
