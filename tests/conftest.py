@@ -56,14 +56,15 @@ def train_tiny(tiny, path, seeds=(0,), sweep=False, config=None, **options):
 # and compiled once per pytest (as a user's second run is warm too). Named here, made
 # by the cache_dir fixture: a module-level RunOptions needs the name at import.
 CACHE_DIR = os.path.join(tempfile.gettempdir(), f'mlp_jax_tests_{os.getpid()}_cache')
-PROGRAMS_DIR = os.path.join(CACHE_DIR, 'programs')  # environment.program_cache_dir
 
 
 def run_options(**options):
   """RunOptions(**options) of an in-process run, keeping its traced programs in the
   test run's cache (the library traces every run's programs again without one)."""
+  from mlp_jax import environment  # pylint: disable=g-import-not-at-top
   from mlp_jax.config import RunOptions  # pylint: disable=g-import-not-at-top
-  return RunOptions(**{'program_cache_dir': PROGRAMS_DIR, **options})
+  return RunOptions(**{'program_cache_dir': environment.program_cache_dir(CACHE_DIR),
+                       **options})
 
 
 @pytest.fixture(scope='session')
@@ -120,16 +121,19 @@ class StartedEarly:
     try:
       self.process.wait(timeout=timeout)
     finally:
-      self.process.kill()
-      self.process.wait()
+      self._end()
     self._log.seek(0)
     return self.process.returncode, self._log.read()
 
   def close(self):
-    self.process.kill()
-    self.process.wait()
+    self._end()
     self._log.close()
     shutil.rmtree(self.directory, ignore_errors=True)
+
+  def _end(self):
+    """Kills the process if it still runs (a timeout, a test run cut short)."""
+    self.process.kill()
+    self.process.wait()
 
 
 def pytest_collection_modifyitems(items):
@@ -158,19 +162,12 @@ def started_early(request):
   return request.node.stash[_STARTED]
 
 
-def side_by_side(first, *others):
-  """Calls `first` and each of `others` (functions of no argument, each running a
-  process and waiting for it, or training in-process) at once; returns their
-  results in order. Independent processes overlap: a process spends its start-up
-  on one core (imports). `first` runs in this thread: in-process training installs
-  signal handlers, which only the main thread can."""
-  with concurrent.futures.ThreadPoolExecutor(len(others)) as pool:
-    futures = [pool.submit(call) for call in others]
-    try:
-      result = first()
-    finally:
-      done = [future.result() for future in futures]
-    return [result, *done]
+def side_by_side(*calls):
+  """Calls each of `calls` (functions of no argument, each running a process and
+  waiting for it) at once; returns their results in order. Independent processes
+  overlap: a process spends its start-up on one core (imports)."""
+  with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
+    return list(pool.map(lambda call: call(), calls))
 
 
 def read(path, mode='r'):
