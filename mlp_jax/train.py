@@ -149,10 +149,11 @@ def permutation(key: jnp.ndarray, n: int) -> jnp.ndarray:
 
   jax.random.permutation stable-sorts (random uint32 key, position) pairs, in
   two rounds for n = 60,000, and XLA:CPU sorts pairs through a generic
-  comparator, a noticeable part of a CPU epoch (docs/performance.md). A stable sort by key is a sort
-  by (key, position), so sorting the one uint64 array `key << 32 | position`,
-  whose entries are all distinct, gives the same order through XLA's fast sort
-  of a single array. tests/test_train.py checks that the two agree.
+  comparator, a noticeable part of a CPU epoch (docs/performance.md). A stable
+  sort by key is a sort by (key, position), so sorting the one uint64 array
+  `key << 32 | position`, whose entries are all distinct, gives the same order
+  through XLA's fast sort of a single array. tests/test_train.py checks that the
+  two agree.
   """
   rounds = int(np.ceil(3 * np.log(max(1, n)) / np.log(np.iinfo(np.uint32).max)))
   x = jnp.arange(n)
